@@ -37,3 +37,98 @@ def tiny_tokenizer_dir(tmp_path_factory, tiny_tokenizer):
 def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
+
+
+# ----------------------------------------------------------------------------- tiny model configs
+def tiny_encoder_config(kind: str = "hubert") -> dict:
+    """Config dicts of ~30k-parameter encoders keeping the real frame rate (50 Hz at 16 kHz)."""
+    if kind == "whisper":
+        return dict(
+            model_type="whisper",
+            d_model=32,
+            encoder_layers=2,
+            encoder_attention_heads=2,
+            encoder_ffn_dim=64,
+            decoder_layers=1,
+            decoder_attention_heads=2,
+            decoder_ffn_dim=64,
+            num_mel_bins=16,
+            max_source_positions=100,  # 2 s window
+            max_target_positions=16,
+            vocab_size=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            decoder_start_token_id=1,
+        )
+    return dict(
+        model_type=kind,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=[16] * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
+        layerdrop=0.0,
+        mask_time_prob=0.05,
+        vocab_size=32,
+    )
+
+
+def tiny_llm_config(vocab_size: int = 400) -> dict:
+    return dict(
+        model_type="llama",
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+
+
+TINY_QFORMER = dict(
+    num_queries=2, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=64, dropout=0.0
+)
+
+
+@pytest.fixture
+def tiny_model(tiny_tokenizer):
+    """A random tiny HuBERT -> Q-Former -> Llama model, frozen except the projector."""
+    from llava.model import apply_training_mode, build_model
+
+    model, tok = build_model(
+        tiny_encoder_config("hubert"),
+        tiny_llm_config(),
+        tokenizer=tiny_tokenizer,
+        projector_type="qformer",
+        projector_config=TINY_QFORMER,
+        attn_implementation="eager",
+    )
+    apply_training_mode(model)
+    return model, tok
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dirs(tmp_path_factory, tiny_tokenizer):
+    """Tiny encoder and LLM saved as ordinary HF directories, as a user's real checkpoints would be."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    from llava.model.encoders import default_feature_extractor
+
+    root = tmp_path_factory.mktemp("base")
+    enc_cfg = dict(tiny_encoder_config("hubert"))
+    enc_config = AutoConfig.for_model(enc_cfg.pop("model_type"), **enc_cfg)
+    torch.manual_seed(1)
+    AutoModel.from_config(enc_config).save_pretrained(root / "encoder")
+    default_feature_extractor(enc_config).save_pretrained(root / "encoder")
+    llm_cfg = dict(tiny_llm_config())
+    llm_config = AutoConfig.for_model(llm_cfg.pop("model_type"), **llm_cfg)
+    AutoModelForCausalLM.from_config(llm_config).save_pretrained(root / "llm")
+    tiny_tokenizer.save_pretrained(root / "llm")
+    return root / "encoder", root / "llm"

@@ -1,0 +1,209 @@
+"""Building, freezing, LoRA-wrapping and loading speech LLMs.
+
+`load_pretrained_model` is the one loader that fine-tuning, evaluation and the chat CLI use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from llava.model.checkpoint import load_into, read_config, read_weights
+from llava.model.configuration import SpeechLlavaConfig, _as_config
+from llava.model.encoders import AudioEncoder
+from llava.model.modeling import SpeechLlavaForCausalLM
+from llava.model.projectors import projector_settings
+from llava.tokenization import add_audio_token, ensure_pad_token
+
+
+@dataclass
+class LoraSettings:
+    r: int = 8  # rank of the update matrices
+    alpha: int = 16  # scaling numerator (update is scaled by alpha / r)
+    dropout: float = 0.05  # dropout on the LoRA input
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
+
+
+def build_model(
+    audio_encoder: str | dict | PretrainedConfig,
+    llm: str | dict | PretrainedConfig,
+    tokenizer: PreTrainedTokenizerBase | str | None = None,
+    projector_type: str = "qformer",
+    projector_config: dict[str, Any] | None = None,
+    encoder_layer: int = -1,
+    attn_implementation: str = "sdpa",
+    llm_dtype: torch.dtype | None = None,
+    encoder_dtype: torch.dtype | None = None,
+) -> tuple[SpeechLlavaForCausalLM, PreTrainedTokenizerBase]:
+    """Assemble encoder + projector + LLM.
+
+    `audio_encoder` / `llm` are hub ids or directories (pretrained weights) or configs (random
+    weights). The tokenizer defaults to the LLM's; `<audio>` and a pad token are added to it.
+    Settings are validated (projector name and options) before any weights are loaded.
+    """
+    projector_settings(projector_type, projector_config)  # fail before the expensive part
+
+    if isinstance(tokenizer, str) or (tokenizer is None and isinstance(llm, str)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or llm)
+    if tokenizer is None:
+        raise ValueError("build_model: pass a tokenizer when the LLM is built from a config")
+    audio_token_id = add_audio_token(tokenizer)
+    ensure_pad_token(tokenizer)
+
+    if isinstance(audio_encoder, str):
+        tower = AudioEncoder.from_pretrained(
+            audio_encoder, layer=encoder_layer, attn_implementation=attn_implementation, dtype=encoder_dtype
+        )
+    else:
+        tower = AudioEncoder.from_config(
+            _as_config(audio_encoder, "audio_config"),
+            layer=encoder_layer,
+            attn_implementation=attn_implementation,
+        )
+        if encoder_dtype is not None:
+            tower.to(encoder_dtype)
+    if isinstance(llm, str):
+        lm = AutoModelForCausalLM.from_pretrained(
+            llm, dtype=llm_dtype, attn_implementation=attn_implementation
+        )
+    else:
+        lm = AutoModelForCausalLM.from_config(
+            _as_config(llm, "text_config"), attn_implementation=attn_implementation
+        )
+        if llm_dtype is not None:
+            lm.to(llm_dtype)
+
+    config = SpeechLlavaConfig(
+        audio_config=tower.model.config,
+        text_config=lm.config,
+        audio_encoder_name_or_path=audio_encoder if isinstance(audio_encoder, str) else None,
+        llm_name_or_path=llm if isinstance(llm, str) else None,
+        projector_type=projector_type,
+        projector_config=projector_config,
+        encoder_layer=encoder_layer,
+        audio_token_id=audio_token_id,
+    )
+    model = SpeechLlavaForCausalLM(config, audio_tower=tower, language_model=lm)
+    return model, tokenizer
+
+
+def apply_training_mode(
+    model: SpeechLlavaForCausalLM,
+    freeze_encoder: bool = True,
+    freeze_projector: bool = False,
+    freeze_llm: bool = True,
+    lora_llm: LoraSettings | None = None,
+    lora_encoder: LoraSettings | None = None,
+) -> SpeechLlavaForCausalLM:
+    """Set which parts train. LoRA wraps the LLM and/or the encoder with `peft` (base weights frozen).
+
+    The settings are recorded in `model.config.lora` so a checkpoint can re-create the adapters.
+    """
+    model.audio_tower.requires_grad_(not freeze_encoder)
+    model.projector.requires_grad_(not freeze_projector)
+    model.language_model.requires_grad_(not freeze_llm)
+    if lora_llm is not None:
+        model.language_model = _wrap_lora(model.language_model, lora_llm, task_type="CAUSAL_LM")
+        model.config.lora["llm"] = dataclasses.asdict(lora_llm)
+    if lora_encoder is not None:
+        model.audio_tower.model = _wrap_lora(model.audio_tower.model, lora_encoder, task_type=None)
+        model.config.lora["encoder"] = dataclasses.asdict(lora_encoder)
+    # Only a fully frozen encoder is pinned to eval mode (no dropout / SpecAugment while training).
+    model.audio_tower.frozen = freeze_encoder and lora_encoder is None
+    model.audio_tower.train(model.training)
+    return model
+
+
+def _wrap_lora(module, settings: LoraSettings, task_type: str | None):
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=list(settings.target_modules),
+        task_type=task_type,
+    )
+    return get_peft_model(module, cfg)
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, int]:
+    """Trainable and frozen parameter counts (each shared tensor counted once)."""
+    seen: set[int] = set()
+    trainable = frozen = 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        if p.requires_grad:
+            trainable += p.numel()
+        else:
+            frozen += p.numel()
+    return {"trainable": trainable, "frozen": frozen, "total": trainable + frozen}
+
+
+def load_pretrained_model(
+    model_path: str | os.PathLike,
+    audio_encoder: str | None = None,
+    llm: str | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    attn_implementation: str = "sdpa",
+) -> tuple[SpeechLlavaForCausalLM, PreTrainedTokenizerBase]:
+    """Reassemble a full model from a checkpoint of trainable weights, frozen and in eval mode.
+
+    The base encoder and LLM come from the paths recorded in the checkpoint unless `audio_encoder` /
+    `llm` override them (e.g. the same checkpoint on another machine). A checkpoint trained with
+    another LLM or encoder fails with a message naming the mismatching tensors.
+    """
+    config = read_config(model_path)
+    enc = audio_encoder or config.audio_encoder_name_or_path
+    lm = llm or config.llm_name_or_path
+    if enc is None or lm is None:
+        raise ValueError(
+            f"{model_path}: the checkpoint does not record where its base "
+            f"{'encoder' if enc is None else 'LLM'} comes from; pass audio_encoder=/llm= (--audio-encoder/--llm)"
+        )
+    model, tokenizer = build_model(
+        enc,
+        lm,
+        projector_type=config.projector_type,
+        projector_config=config.projector_config,
+        encoder_layer=config.encoder_layer,
+        attn_implementation=attn_implementation,
+        llm_dtype=dtype,
+        encoder_dtype=dtype,
+    )
+    want = config.text_config.hidden_size if config.text_config is not None else None
+    if want is not None and want != model.llm_hidden_size:
+        raise ValueError(
+            f"{model_path}: checkpoint was trained for an LLM of hidden size {want}, but {lm} has "
+            f"{model.llm_hidden_size}"
+        )
+    lora = config.lora or {}
+    apply_training_mode(
+        model,
+        freeze_encoder=True,
+        freeze_projector=True,
+        freeze_llm=True,
+        lora_llm=LoraSettings(**lora["llm"]) if "llm" in lora else None,
+        lora_encoder=LoraSettings(**lora["encoder"]) if "encoder" in lora else None,
+    )
+    load_into(model, read_weights(model_path), source=str(model_path))
+    model.to(device)
+    if dtype is not None:
+        model.projector.to(dtype)
+    return model.eval(), tokenizer
+
+
+def load_projector(model: SpeechLlavaForCausalLM, ckpt_dir: str | os.PathLike) -> None:
+    """Initialise the projector from a (stage-1) checkpoint, ignoring any other tensors in it."""
+    weights = read_weights(ckpt_dir, prefix="projector.")
+    if not weights:
+        raise ValueError(f"{ckpt_dir}: the checkpoint holds no projector weights")
+    load_into(model, weights, source=str(ckpt_dir))

@@ -1,0 +1,92 @@
+"""Checkpoints of the trainable weights only (projector, LoRA): safetensors + a JSON config.
+
+A checkpoint directory can have any name and holds:
+    config.json          SpeechLlavaConfig: encoder and LLM ids/paths, projector settings, LoRA settings
+    model.safetensors    the trainable tensors, keyed by their names in SpeechLlavaForCausalLM
+Both files are written atomically (temp file + rename), weights first, so a directory whose
+config.json exists holds complete weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from llava.model.configuration import SpeechLlavaConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_trainable(model, out_dir: str | os.PathLike) -> Path:
+    """Write `model`'s trainable tensors and its config to `out_dir` (created if missing)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.trainable_state_dict().items()}
+    if not state:
+        raise ValueError("the model has no trainable parameters: nothing to save")
+    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
+    config_json = model.config.to_json_string(use_diff=False)
+    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(config_json))
+    return out
+
+
+def read_config(ckpt_dir: str | os.PathLike) -> SpeechLlavaConfig:
+    """Read a checkpoint's config; a clear error when the directory is not a checkpoint."""
+    path = Path(ckpt_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: not a speech-llava checkpoint (no {CONFIG_NAME})")
+    data = json.loads(path.read_text())
+    if data.get("model_type") != SpeechLlavaConfig.model_type:
+        raise ValueError(f"{path}: model_type is {data.get('model_type')!r}, expected 'speech_llava'")
+    return SpeechLlavaConfig(**{k: v for k, v in data.items() if k != "model_type"})
+
+
+def read_weights(ckpt_dir: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Load the checkpoint's tensors (optionally only those whose name starts with `prefix`)."""
+    path = Path(ckpt_dir) / WEIGHTS_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no {WEIGHTS_NAME}")
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+
+
+def load_into(model, weights: dict[str, torch.Tensor], source: str) -> None:
+    """Copy `weights` into `model`; unknown names or shape mismatches are an error naming them."""
+    own = dict(model.named_parameters())
+    unknown = sorted(k for k in weights if k not in own)
+    if unknown:
+        raise ValueError(
+            f"{source}: tensors not in the model: {unknown[:5]}{' ...' if len(unknown) > 5 else ''}"
+        )
+    bad = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if v.shape != own[k].shape
+    ]
+    if bad:
+        raise ValueError(
+            f"{source}: shapes do not match this model (was it trained with another encoder or LLM?): "
+            + "; ".join(bad[:5])
+        )
+    with torch.no_grad():
+        for k, v in weights.items():
+            own[k].copy_(v.to(own[k].dtype))

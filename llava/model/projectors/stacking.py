@@ -1,0 +1,62 @@
+"""Frame-stacking projectors: `linear` (SLAM-ASR style) and `mlp` (LLaVA / SpeechLMM style).
+
+`k` consecutive encoder frames are concatenated (50 Hz -> 10 Hz for k = 5) and mapped to the LLM
+width by one Linear (`linear`) or by Linear-GELU-Linear (`mlp`). A stacked position is valid when its
+first frame is, so the output length is ceil(valid frames / k).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llava.model.projectors.base import Projector
+
+
+@dataclass
+class LinearSettings:
+    stack: int = 5  # frames concatenated per output position
+
+
+@dataclass
+class MLPSettings:
+    stack: int = 5  # frames concatenated per output position
+    hidden_size: int | None = None  # width of the hidden layer; None = the LLM width
+
+
+class StackingProjector(Projector):
+    def __init__(self, stack: int, net: nn.Module) -> None:
+        super().__init__()
+        if stack < 1:
+            raise ValueError(f"projector stack must be >= 1, got {stack}")
+        self.stack = stack
+        self.net = net
+
+    def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
+        return torch.div(frame_lengths + self.stack - 1, self.stack, rounding_mode="floor")
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        stacked, smask = self.fold(feats, mask, self.stack)  # [B, T/k, k, De]
+        b, n, k, d = stacked.shape
+        stacked = stacked * smask[..., None]  # padded frames inside a live position contribute zeros
+        out = self.net(stacked.reshape(b, n, k * d).to(self._dtype()))  # [B, T/k, Dl]
+        return out, smask[..., 0]
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.net.parameters()).dtype
+
+
+class LinearProjector(StackingProjector):
+    def __init__(self, settings: LinearSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
+        super().__init__(settings.stack, nn.Linear(encoder_dim * settings.stack, llm_dim))
+
+
+class MLPProjector(StackingProjector):
+    def __init__(self, settings: MLPSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
+        hidden = settings.hidden_size or llm_dim
+        net = nn.Sequential(
+            nn.Linear(encoder_dim * settings.stack, hidden), nn.GELU(), nn.Linear(hidden, llm_dim)
+        )
+        super().__init__(settings.stack, net)

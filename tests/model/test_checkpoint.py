@@ -1,0 +1,113 @@
+"""Checkpoints of trainable weights: round trips, contents, LoRA, mismatches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from llava.model import LoraSettings, apply_training_mode, build_model, load_pretrained_model, save_trainable
+from llava.model.builder import count_parameters, load_projector
+from tests.conftest import TINY_QFORMER, tiny_llm_config
+from tests.model.test_modeling import _batch
+
+
+def _trained_model(enc_dir, llm_dir, lora=None):
+    model, tok = build_model(str(enc_dir), str(llm_dir), projector_config=TINY_QFORMER)
+    apply_training_mode(model, lora_llm=lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    model.train()
+    for _ in range(2):
+        model(**_batch(model, tok, [12000, 8000])).loss.backward()
+        opt.step()
+        opt.zero_grad()
+    return model.eval(), tok
+
+
+def _logits(model, tok):
+    torch.manual_seed(3)
+    batch = _batch(model, tok, [12000, 8000])
+    batch.pop("labels")
+    with torch.no_grad():
+        return model(**batch).logits
+
+
+def test_save_load_gives_identical_logits_and_only_trainable_tensors(tmp_path, tiny_base_dirs):
+    enc_dir, llm_dir = tiny_base_dirs
+    model, tok = _trained_model(enc_dir, llm_dir)
+    ckpt = save_trainable(model, tmp_path / "any name at all")
+    with safe_open(str(ckpt / "model.safetensors"), framework="pt") as f:
+        keys = set(f.keys())
+    assert keys == {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(k.startswith("projector.") for k in keys)
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["audio_encoder_name_or_path"] == str(enc_dir) and config["llm_name_or_path"] == str(llm_dir)
+
+    loaded, tok2 = load_pretrained_model(ckpt)
+    assert not loaded.training
+    assert count_parameters(loaded)["trainable"] == 0
+    torch.testing.assert_close(_logits(loaded, tok2), _logits(model, tok), rtol=0, atol=0)
+
+
+def test_checkpoint_is_small_next_to_the_full_model(tmp_path, tiny_base_dirs):
+    model, _ = _trained_model(*tiny_base_dirs)
+    ckpt = save_trainable(model, tmp_path / "c")
+    counts = count_parameters(model)
+    saved = sum(p.numel() for p in model.trainable_state_dict().values())
+    assert saved == counts["trainable"] < counts["total"]
+    assert (ckpt / "model.safetensors").stat().st_size < 4 * counts["total"]
+
+
+def test_lora_round_trip(tmp_path, tiny_base_dirs):
+    enc_dir, llm_dir = tiny_base_dirs
+    model, tok = _trained_model(enc_dir, llm_dir, lora=LoraSettings(r=4, alpha=8, dropout=0.0))
+    keys = set(model.trainable_state_dict())
+    assert any("lora_A" in k for k in keys) and any(k.startswith("projector.") for k in keys)
+    # LoRA B starts at zero; after two steps the adapters must hold a real update.
+    assert any(v.abs().sum() > 0 for k, v in model.trainable_state_dict().items() if "lora_B" in k)
+    ckpt = save_trainable(model, tmp_path / "lora")
+    loaded, tok2 = load_pretrained_model(ckpt)
+    assert json.loads((ckpt / "config.json").read_text())["lora"]["llm"]["r"] == 4
+    torch.testing.assert_close(_logits(loaded, tok2), _logits(model, tok), rtol=0, atol=0)
+
+
+def test_base_paths_overridable_at_load_time(tmp_path, tiny_base_dirs):
+    import shutil
+
+    enc_dir, llm_dir = tiny_base_dirs
+    model, tok = _trained_model(enc_dir, llm_dir)
+    ckpt = save_trainable(model, tmp_path / "c")
+    moved = tmp_path / "moved_llm"
+    shutil.copytree(llm_dir, moved)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["llm_name_or_path"] = "/nowhere/llm"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    loaded, tok2 = load_pretrained_model(ckpt, llm=str(moved))
+    torch.testing.assert_close(_logits(loaded, tok2), _logits(model, tok), rtol=0, atol=0)
+
+
+def test_checkpoint_from_another_llm_is_rejected(tmp_path, tiny_base_dirs, tiny_tokenizer):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    enc_dir, llm_dir = tiny_base_dirs
+    model, _ = _trained_model(enc_dir, llm_dir)
+    ckpt = save_trainable(model, tmp_path / "c")
+    other = dict(tiny_llm_config(), hidden_size=48, intermediate_size=96)
+    other_dir = tmp_path / "other_llm"
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(other.pop("model_type"), **other)).save_pretrained(
+        other_dir
+    )
+    tiny_tokenizer.save_pretrained(other_dir)
+    with pytest.raises(ValueError, match="hidden size 64"):
+        load_pretrained_model(ckpt, llm=str(other_dir))
+    # Same check at the tensor level when the config does not reveal it (stage-1 projector reuse).
+    other_model, _ = build_model(str(enc_dir), str(other_dir), projector_config=TINY_QFORMER)
+    with pytest.raises(ValueError, match="shapes do not match"):
+        load_projector(other_model, ckpt)
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a speech-llava checkpoint"):
+        load_pretrained_model(tmp_path)
