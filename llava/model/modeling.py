@@ -86,23 +86,53 @@ class SpeechLlavaForCausalLM(nn.Module):
         audio_lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids [B, L] with audio-token runs -> inputs_embeds [B, L, Dl] with audio spliced in."""
-        audio_mask = input_ids == self.config.audio_token_id  # [B, L]
-        # The placeholder id may lie outside the LLM's vocabulary (no resize); embed a safe id instead.
-        embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(audio_mask, 0))
-        n_slots = int(audio_mask.sum())
         if audio_values is None:
+            return self.splice(input_ids, None, None)
+        return self.splice(input_ids, *self.embed_audio(audio_values, audio_lengths))
+
+    def splice(
+        self, input_ids: torch.Tensor, audio_embeds: torch.Tensor | None, audio_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Token embeddings of input_ids [B, L] with the audio-token runs replaced, in order, by the
+        valid rows of audio_embeds [N, Q, Dl] (audio_mask [N, Q]) -> [B, L, Dl]."""
+        slots = input_ids == self.config.audio_token_id  # [B, L]
+        # The placeholder id may lie outside the LLM's vocabulary (no resize); embed a safe id instead.
+        embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
+        n_slots = int(slots.sum())
+        if audio_embeds is None:
             if n_slots:
                 raise ValueError(f"input_ids hold {n_slots} audio placeholder tokens but no audio was given")
             return embeds
-        audio_embeds, audio_out_mask = self.embed_audio(audio_values, audio_lengths)
-        flat = audio_embeds[audio_out_mask]  # [total valid outputs, Dl], segments in order
+        flat = audio_embeds[audio_mask]  # [total valid outputs, Dl], segments in order
         if flat.shape[0] != n_slots:
             raise ValueError(
                 f"audio placeholder count mismatch: input_ids hold {n_slots} audio tokens but the projector "
-                f"produced {flat.shape[0]} outputs for {audio_values.shape[0]} segments (the collator must expand "
+                f"produced {flat.shape[0]} outputs for {audio_embeds.shape[0]} segments (the collator must expand "
                 "<audio> with model.num_audio_tokens)"
             )
-        return embeds.masked_scatter(audio_mask[..., None], flat.to(embeds.dtype))
+        return embeds.masked_scatter(slots[..., None], flat.to(embeds.dtype))
+
+    def llm_hidden_states(
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        layers: list[int],
+        position_ids: torch.Tensor | None = None,
+    ) -> dict[int, torch.Tensor]:
+        """Hidden states [B, L, Dl] of the LLM at `layers` (0 = the input embeddings, which need no
+        LLM pass). Runs the decoder stack without the LM head."""
+        out = {0: inputs_embeds} if 0 in layers else {}
+        if any(layer > 0 for layer in layers):
+            decoder = self.language_model.get_decoder()
+            hidden = decoder(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                use_cache=False,
+            ).hidden_states
+            out.update({layer: hidden[layer] for layer in layers if layer > 0})
+        return out
 
     # ----------------------------------------------------------------------------- forward / generate
     def forward(

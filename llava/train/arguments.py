@@ -1,0 +1,139 @@
+"""Command-line arguments of `llava.train.train`, as typed dataclasses for `HfArgumentParser`.
+
+Flag names follow the original LLaVA-based speech code where one existed (`--contrastive_training`,
+`--mm_speech_projector_type`, `--pretrain_mm_speech_adapter`, ...), so existing scripts carry over.
+Everything about the loop itself (optimiser, schedule, precision, DeepSpeed, logging, saving,
+resuming) is HF `TrainingArguments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments as HfTrainingArguments
+
+
+@dataclass
+class ModelArguments:
+    # LLM: hub id or directory (its tokenizer and chat template come along).
+    model_name_or_path: str = field(default="meta-llama/Llama-3.1-8B-Instruct")
+    # Speech encoder: hub id or directory of any HuBERT / WavLM / wav2vec2 / Whisper checkpoint.
+    audio_encoder: str = field(
+        default="facebook/hubert-large-ls960-ft", metadata={"aliases": ["--speech_tower"]}
+    )
+    # Encoder hidden state fed to the projector (-1 = last layer).
+    mm_speech_select_layer: int = -1
+    # Projector: qformer (paper default) | mlp | linear.
+    mm_speech_projector_type: str = "qformer"
+    # Q-Former: learnable queries per window.
+    mm_qformer_num_query_token: int = 4
+    # Q-Former: number of layers (each with cross-attention).
+    mm_qformer_num_hidden_layers: int = 4
+    # Q-Former: width, heads and feed-forward width (paper: 768 / 12 / 3072).
+    mm_qformer_hidden_size: int = 768
+    mm_qformer_num_heads: int = 12
+    mm_qformer_intermediate_size: int = 3072
+    # Q-Former: window length in seconds (0.333 s = 17 frames at 50 Hz).
+    mm_qformer_window_seconds: float = 0.333
+    # mlp / linear projectors: encoder frames stacked per output position.
+    mm_speech_stack: int = 5
+    # Initialise the projector from this (stage-1) checkpoint directory.
+    pretrain_mm_speech_adapter: str | None = None
+    # Train the projector (the usual setting in both stages).
+    tune_mm_mlp_adapter: bool = True
+    # Keep the LLM frozen (LoRA adapters, if enabled, still train).
+    freeze_backbone: bool = True
+    # Keep the speech encoder frozen (and in eval mode).
+    freeze_audio_encoder: bool = True
+    # LoRA on the LLM.
+    lora_enable: bool = False
+    # LoRA on the speech encoder.
+    lora_encoder: bool = False
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    # Comma-separated module names LoRA adapts.
+    lora_target_modules: str = "q_proj,v_proj"
+    # Attention kernel of LLM and encoder: sdpa (flash kernels on GPUs) | eager | flash_attention_2.
+    attn_implementation: str = "sdpa"
+    # Storage dtype of the frozen encoder and LLM: auto (bf16 with --bf16, fp16 with --fp16) | float32 | bfloat16 | float16.
+    frozen_dtype: str = "auto"
+
+    def projector_config(self) -> dict:
+        if self.mm_speech_projector_type == "qformer":
+            return {
+                "num_queries": self.mm_qformer_num_query_token,
+                "num_layers": self.mm_qformer_num_hidden_layers,
+                "hidden_size": self.mm_qformer_hidden_size,
+                "num_heads": self.mm_qformer_num_heads,
+                "intermediate_size": self.mm_qformer_intermediate_size,
+                "window_seconds": self.mm_qformer_window_seconds,
+            }
+        return {"stack": self.mm_speech_stack}
+
+
+@dataclass
+class DataArguments:
+    # YAML data config (the original repo's format); its train/eval destinations feed training.
+    data_config_path: str = field(default="scripts/data_configs/pretrain_asr.yml")
+    # Reproducible fraction of the training data to use (e.g. 0.1 for the 10 % fine-tuning setting).
+    data_subset: float = 1.0
+    # Mixed speech-text next-word prediction (interleaved spans; needs word_boundaries in the data).
+    audio_nwp: bool = False
+    # Maximum token length of a training sequence.
+    model_max_length: int = 2048
+    # Batch by total audio duration (seconds per device batch) instead of a fixed batch size; 0 = off.
+    batch_max_seconds: float = 0.0
+    # Turn every skipped bad sample into an error.
+    strict_data: bool = False
+    # Cap on evaluation samples taken from the eval destination (0 = all).
+    max_eval_samples: int = 0
+
+
+@dataclass
+class LossArguments:
+    # Stage-1 contrastive speech/text loss.
+    contrastive_training: bool = False
+    # average (mean-pooled cosine InfoNCE, paper default) | wasserstein (Sinkhorn divergence).
+    contrastive_mode: str = "average"
+    # LLM layers compared: 0 (embeddings) | k | "0,5,10" | all (see llava.losses.contrastive.resolve_layers).
+    contrastive_layer: str = "0"
+    # Add next-word prediction on the transcript to the contrastive loss.
+    contr_asr_combine_loss: bool = False
+    # Shift the position ids of both passes by one random offset in [0, max_position_shift).
+    position_shift: bool = False
+    max_position_shift: int = 400
+    # InfoNCE temperature.
+    contrastive_temperature: float = 0.1
+    # Beyond the paper (off by default): both retrieval directions.
+    contrastive_symmetric: bool = False
+    # Beyond the paper: gather negatives from all data-parallel ranks.
+    contrastive_gather: bool = False
+    # Beyond the paper: learn the temperature.
+    learnable_temperature: bool = False
+    # Beyond the paper: per-layer weights "layer:weight,..." (missing layers weigh 1).
+    contrastive_layer_weights: str | None = None
+    # Weights of the two terms when combined.
+    nwp_loss_weight: float = 1.0
+    contrastive_loss_weight: float = 1.0
+    # Stop after this many steps whose loss was not finite (each one is skipped and counted).
+    max_nonfinite_steps: int = 20
+
+
+@dataclass
+class TrainingArguments(HfTrainingArguments):
+    # Paper defaults for stage 1; scripts override what differs.
+    output_dir: str = "checkpoints/speech-llava"
+    num_train_epochs: float = 5.0
+    learning_rate: float = 1e-4
+    lr_scheduler_type: str = "cosine"
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    # The collator adds keys the model signature does not list (transcripts, skip counts).
+    remove_unused_columns: bool = False
+    report_to: str = "tensorboard"
+    logging_steps: float = 10
+    save_strategy: str = "epoch"
+    save_total_limit: int | None = 2

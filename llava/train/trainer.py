@@ -1,0 +1,114 @@
+"""`SpeechTrainer`: HF `Trainer`, subclassed narrowly.
+
+What differs from the stock Trainer: the loss (`compute_objective`, every term logged separately),
+non-finite steps (skipped, counted, fatal past a limit), skipped-sample counts from the collator,
+checkpoints (trainable weights only, in the format `load_pretrained_model` reads) and the training
+dataloader (duration buckets). Optimiser, schedule, precision, DeepSpeed, gradient accumulation,
+resume and logging are the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, defaultdict
+
+import torch
+from transformers import Trainer
+
+from llava.model.checkpoint import load_into, read_weights, save_trainable
+from llava.train.objectives import Objective, compute_objective
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many training steps produced a NaN/inf loss."""
+
+
+class SpeechTrainer(Trainer):
+    def __init__(self, *args, objective: Objective, max_nonfinite_steps: int = 20, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.max_nonfinite_steps = max_nonfinite_steps
+        # Our losses are per-micro-batch means, so the Trainer must scale them for accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        # One position-shift offset per batch; seeded per rank so runs repeat exactly.
+        self._shift_rng = random.Random(self.args.seed + 1000 * self.args.process_index)
+        self._term_sums: dict[str, list[float]] = defaultdict(list)
+        self.skipped_samples: Counter[str] = Counter()
+        self.nonfinite_steps = 0
+
+    # ----------------------------------------------------------------------------- loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        skipped = inputs.pop("skipped", None)
+        if skipped:
+            self.skipped_samples.update(skipped)
+        unwrapped = self.accelerator.unwrap_model(model)
+        temperature = getattr(unwrapped, "loss_temperature", None)
+        tau = temperature() if temperature is not None else None
+        loss, terms = compute_objective(unwrapped, inputs, self.objective, self._shift_rng, temperature=tau)
+        prefix = "" if model.training else "eval_"
+        if model.training and not torch.isfinite(loss):
+            loss = self._nonfinite(unwrapped, terms)
+        else:
+            for name, value in terms.items():
+                self._term_sums[prefix + name].append(float(value.detach()))
+            if tau is not None:
+                self._term_sums["temperature"].append(float(tau.detach()))
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def _nonfinite(self, model, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.nonfinite_steps += 1
+        bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v)}
+        logger.warning("non-finite loss skipped (%d so far): %s", self.nonfinite_steps, bad)
+        if self.nonfinite_steps > self.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{self.nonfinite_steps} training steps had a non-finite loss (last: {bad}); stopping. "
+                "Lower the learning rate, use bf16 instead of fp16, or raise --max_nonfinite_steps."
+            )
+        # A zero loss that still touches every trainable parameter: backward gives zero gradients
+        # and data-parallel ranks stay in step (a rank that skipped backward would hang the others).
+        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        for name, values in self._term_sums.items():
+            if values and (name.startswith("eval_") == any(k.startswith("eval_") for k in logs)):
+                logs[name] = sum(values) / len(values)
+                values.clear()
+        if self.skipped_samples:
+            logs["skipped_samples"] = sum(self.skipped_samples.values())
+        if self.nonfinite_steps:
+            logs["nonfinite_steps"] = self.nonfinite_steps
+        super().log(logs, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------- checkpoints
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write trainable weights + config only (never the frozen encoder or LLM)."""
+        output_dir = output_dir or self.args.output_dir
+        model = self.accelerator.unwrap_model(self.model)
+        if state_dict is not None:  # DeepSpeed ZeRO-3 hands over the gathered full state dict
+            names = set(model.trainable_state_dict())
+            state = {k: v for k, v in state_dict.items() if k in names}
+            model_state = _StateView(model, state)
+            save_trainable(model_state, output_dir)
+        else:
+            save_trainable(model, output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = self.accelerator.unwrap_model(model or self.model)
+        load_into(model, read_weights(resume_from_checkpoint), source=resume_from_checkpoint)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+class _StateView:
+    """Adapter giving `save_trainable` an explicit state dict with the model's config."""
+
+    def __init__(self, model, state: dict[str, torch.Tensor]) -> None:
+        self.config = model.config
+        self._state = state
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return self._state
