@@ -16,11 +16,12 @@ import random
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from llava.constants import IGNORE_INDEX
 from llava.losses.contrastive import (
-    info_nce,
     layerwise_contrastive_loss,
-    masked_mean_pool,
+    mixed_embedding_contrastive_loss,
     resolve_layers,
     shifted_position_ids,
 )
@@ -157,30 +158,60 @@ def compute_objective(
 
             per_layer = {
                 layer: wasserstein_contrastive_loss(
-                    text_h[layer], text_mask, speech_h[layer], speech_mask, temperature=tau
+                    text_h[layer],
+                    text_mask,
+                    speech_h[layer],
+                    speech_mask,
+                    temperature=tau,
+                    symmetric=objective.symmetric,
                 )
                 for layer in objective.layers
             }
             weights = objective.layer_weights or {}
             loss = sum(weights.get(layer, 1.0) * v for layer, v in per_layer.items())
         for layer, value in per_layer.items():
-            terms[f"contrastive_layer_{layer}"] = value
+            terms[f"contrastive_layer_{layer}"] = value.detach()
         add("contrastive", loss, objective.contrastive_weight)
 
     if objective.kind == "mixed_contrastive":
         if "text_input_ids" not in batch:
             raise ValueError("contrastive + mixed needs the transcript (collator with_transcript=True)")
         with torch.no_grad():
-            text_embeds = model.language_model.get_input_embeddings()(batch["text_input_ids"])
-        text_vec = masked_mean_pool(text_embeds, batch["text_attention_mask"])  # [B, D]
-        mixed_vec = masked_mean_pool(inputs_embeds, batch["attention_mask"])  # [B, D]
-        loss = info_nce(text_vec, mixed_vec, temperature=tau, symmetric=objective.symmetric)
-        terms["contrastive_layer_0"] = loss
+            text_embeds = model.language_model.get_input_embeddings()(batch["text_input_ids"])  # [B, Lt, D]
+        loss = mixed_embedding_contrastive_loss(
+            text_embeds,
+            batch["text_attention_mask"],
+            inputs_embeds,
+            batch["attention_mask"],
+            temperature=tau,
+            symmetric=objective.symmetric,
+            gather=objective.gather,
+        )
+        terms["contrastive_layer_0"] = loss.detach()
         add("contrastive", loss, objective.contrastive_weight)
 
     if total is None:
         raise RuntimeError(f"objective {objective.kind!r} produced no loss term")
     return total, terms
+
+
+def nwp_term(
+    model, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """Next-token CE on the labelled positions (= `llava.losses.nwp_loss` on the full logits).
+
+    The LM head runs on the labelled positions only: with a 128k vocabulary, full-sequence logits in
+    fp32 would dwarf everything else the step keeps in memory.
+    """
+    hidden = model.language_model.get_decoder()(
+        inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state  # [B, L, D]
+    targets = labels[:, 1:]  # position t predicts token t + 1
+    picked = targets != IGNORE_INDEX  # [B, L-1]
+    if not bool(picked.any()):
+        raise ValueError("no labelled token in the batch: check the collator's labels")
+    logits = model.language_model.get_output_embeddings()(hidden[:, :-1][picked])  # [N, V]
+    return F.cross_entropy(logits.float(), targets[picked])
 
 
 def _positions(mask: torch.Tensor, offset: int | None) -> torch.Tensor | None:
