@@ -14,8 +14,10 @@ import random
 from collections import Counter, defaultdict
 
 import torch
+from torch.utils.data import DataLoader
 from transformers import Trainer
 
+from llava.dataset.sampler import DurationBatchSampler
 from llava.model.checkpoint import load_into, read_weights, save_trainable
 from llava.train.objectives import Objective, compute_objective
 
@@ -27,9 +29,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SpeechTrainer(Trainer):
-    def __init__(self, *args, objective: Objective, max_nonfinite_steps: int = 20, **kwargs) -> None:
+    def __init__(
+        self,
+        *args,
+        objective: Objective,
+        max_nonfinite_steps: int = 20,
+        batch_max_seconds: float = 0.0,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.objective = objective
+        self.batch_max_seconds = batch_max_seconds
         self.max_nonfinite_steps = max_nonfinite_steps
         # Our losses are per-micro-batch means, so the Trainer must scale them for accumulation itself.
         self.model_accepts_loss_kwargs = False
@@ -81,6 +91,37 @@ class SpeechTrainer(Trainer):
         if self.nonfinite_steps:
             logs["nonfinite_steps"] = self.nonfinite_steps
         super().log(logs, *args, **kwargs)
+
+    # ----------------------------------------------------------------------------- data
+    def get_train_dataloader(self) -> DataLoader:
+        """Duration-bucketed batches (less padding); rank-aware, deterministic per epoch, so the
+        Trainer's resume (skip the first k batches of the epoch) lands on exactly the same data."""
+        args = self.args
+        sampler = DurationBatchSampler(
+            self.train_dataset.durations,
+            max_batch_seconds=self.batch_max_seconds or None,
+            batch_size=args.per_device_train_batch_size if not self.batch_max_seconds else None,
+            num_replicas=args.world_size,
+            rank=args.process_index,
+            seed=args.seed,
+            shuffle=True,
+            drop_last=args.dataloader_drop_last,
+        )
+        loader = DataLoader(
+            self.train_dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=args.dataloader_num_workers,
+            pin_memory=args.dataloader_pin_memory,
+            persistent_workers=args.dataloader_persistent_workers and args.dataloader_num_workers > 0,
+        )
+        prepared = self.accelerator.prepare(loader)
+        # The sampler already shards by rank: make accelerate's batch-sampler wrapper a passthrough.
+        wrapper = getattr(prepared, "batch_sampler", None)
+        if wrapper is not None and getattr(wrapper, "batch_sampler", None) is sampler:
+            wrapper.num_processes = 1
+            wrapper.process_index = 0
+        return prepared
 
     # ----------------------------------------------------------------------------- checkpoints
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:

@@ -1,0 +1,183 @@
+"""Training entry point for both stages.
+
+    python -m llava.train.train --model_name_or_path LLM --audio_encoder ENC \
+        --data_config_path cfg.yml --output_dir out [--contrastive_training True ...]
+
+Reads top to bottom: arguments -> data config (validated before anything heavy) -> model (frozen
+parts, trainable projector / LoRA) -> objective (validated against the LLM depth) -> datasets and
+collator -> Trainer -> train -> save trainable weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file (e.g. by the deepspeed launcher): make `llava` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+from llava.dataset.collator import SpeechCollator
+from llava.dataset.config import load_data_config
+from llava.dataset.dataset import SpeechDataset
+from llava.dataset.interleave import InterleaveOptions
+from llava.losses.contrastive import LearnableTemperature
+from llava.model.builder import (
+    LoraSettings,
+    apply_training_mode,
+    build_model,
+    count_parameters,
+    load_projector,
+)
+from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
+from llava.train.objectives import objective_from_args
+from llava.train.trainer import SpeechTrainer
+
+logger = logging.getLogger("llava.train")
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
+        path = os.path.abspath(argv[0])
+        return (
+            parser.parse_yaml_file(path) if path.endswith((".yaml", ".yml")) else parser.parse_json_file(path)
+        )
+    return parser.parse_args_into_dataclasses(argv)
+
+
+def frozen_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype | None:
+    """Storage dtype of the frozen encoder and LLM (the trainable projector stays fp32)."""
+    if model_args.frozen_dtype != "auto":
+        if model_args.frozen_dtype not in DTYPES:
+            raise ValueError(
+                f"--frozen_dtype {model_args.frozen_dtype!r}: expected auto or one of {sorted(DTYPES)}"
+            )
+        return DTYPES[model_args.frozen_dtype]
+    if training_args.bf16 and torch.cuda.is_available():
+        return torch.bfloat16
+    if training_args.fp16:
+        return torch.float16
+    return None  # fp32 (CPU autocast still runs matmuls in bf16 with --bf16)
+
+
+def lora_settings(model_args: ModelArguments) -> LoraSettings:
+    return LoraSettings(
+        r=model_args.lora_r,
+        alpha=model_args.lora_alpha,
+        dropout=model_args.lora_dropout,
+        target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()],
+    )
+
+
+def build_datasets(
+    data_args: DataArguments, training_args: TrainingArguments, data_config, sampling_rate: int
+):
+    interleave = InterleaveOptions(seed=training_args.seed) if data_args.audio_nwp else None
+    train_ds = SpeechDataset.from_config(
+        data_config,
+        "train",
+        seed=training_args.seed,
+        data_subset=data_args.data_subset if data_args.data_subset < 1.0 else None,
+        interleave_options=interleave,
+        sampling_rate=sampling_rate,
+        strict=data_args.strict_data,
+    )
+    eval_ds = None
+    if data_config.for_destination("eval"):
+        eval_ds = SpeechDataset.from_config(
+            data_config,
+            "eval",
+            seed=training_args.seed,
+            interleave_options=interleave,
+            sampling_rate=sampling_rate,
+            strict=data_args.strict_data,
+        )
+        if data_args.max_eval_samples and len(eval_ds) > data_args.max_eval_samples:
+            eval_ds = torch.utils.data.Subset(eval_ds, range(data_args.max_eval_samples))
+    return train_ds, eval_ds
+
+
+def main(argv: list[str] | None = None) -> SpeechTrainer:
+    model_args, data_args, loss_args, training_args = parse_args(argv)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+    )
+    set_seed(training_args.seed)
+
+    # Fail on a malformed data config before loading gigabytes of weights.
+    data_config = load_data_config(data_args.data_config_path)
+    if loss_args.contrastive_training and not loss_args.contrastive_gather:
+        if data_args.batch_max_seconds <= 0 and training_args.per_device_train_batch_size < 2:
+            raise ValueError(
+                "the contrastive loss needs at least 2 utterances per batch (no negatives otherwise)"
+            )
+
+    model, tokenizer = build_model(
+        model_args.audio_encoder,
+        model_args.model_name_or_path,
+        projector_type=model_args.mm_speech_projector_type,
+        projector_config=model_args.projector_config(),
+        encoder_layer=model_args.mm_speech_select_layer,
+        attn_implementation=model_args.attn_implementation,
+        llm_dtype=frozen_dtype(model_args, training_args),
+        encoder_dtype=frozen_dtype(model_args, training_args),
+    )
+    objective = objective_from_args(loss_args, data_args, model.num_llm_layers)
+    if model_args.pretrain_mm_speech_adapter:
+        load_projector(model, model_args.pretrain_mm_speech_adapter)
+        logger.info("projector initialised from %s", model_args.pretrain_mm_speech_adapter)
+    apply_training_mode(
+        model,
+        freeze_encoder=model_args.freeze_audio_encoder,
+        freeze_projector=not model_args.tune_mm_mlp_adapter,
+        freeze_llm=model_args.freeze_backbone,
+        lora_llm=lora_settings(model_args) if model_args.lora_enable else None,
+        lora_encoder=lora_settings(model_args) if model_args.lora_encoder else None,
+    )
+    if loss_args.learnable_temperature:
+        model.loss_temperature = LearnableTemperature(loss_args.contrastive_temperature)
+    counts = count_parameters(model)
+    logger.info(
+        "parameters: %.2fM trainable, %.2fM frozen", counts["trainable"] / 1e6, counts["frozen"] / 1e6
+    )
+
+    train_ds, eval_ds = build_datasets(data_args, training_args, data_config, model.audio_tower.sampling_rate)
+    collator = SpeechCollator(
+        tokenizer,
+        model.num_audio_tokens,
+        mode="mixed" if data_args.audio_nwp else "chat",
+        with_transcript=objective.needs_transcript,
+        max_length=data_args.model_max_length,
+    )
+    trainer = SpeechTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        data_collator=collator,
+        processing_class=tokenizer,
+        objective=objective,
+        max_nonfinite_steps=loss_args.max_nonfinite_steps,
+        batch_max_seconds=data_args.batch_max_seconds,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        logger.info("data: %s", train_ds.skips.summary())
+        if trainer.skipped_samples:
+            logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))
+        logger.info("trainable weights saved to %s", training_args.output_dir)
+    return trainer
+
+
+if __name__ == "__main__":
+    main()
