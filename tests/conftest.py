@@ -132,3 +132,14 @@ def tiny_base_dirs(tmp_path_factory, tiny_tokenizer):
     AutoModelForCausalLM.from_config(llm_config).save_pretrained(root / "llm")
     tiny_tokenizer.save_pretrained(root / "llm")
     return root / "encoder", root / "llm"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """The synthetic spoken corpus at its smallest size (a few seconds to build)."""
+    pytest.importorskip("espeakng_loader")
+    from llava.dataset.synth.build import build_corpus
+
+    out = tmp_path_factory.mktemp("synth")
+    build_corpus(out, size="tiny", seed=0)
+    return out

@@ -75,7 +75,7 @@ class ModelArguments:
 @dataclass
 class DataArguments:
     # YAML data config (the original repo's format); its train/eval destinations feed training.
-    data_config_path: str = field(default="scripts/data_configs/pretrain_asr.yml")
+    data_config_path: str = field(default="scripts/data_configs/pretrain_asr_mustc_giga.yml")
     # Reproducible fraction of the training data to use (e.g. 0.1 for the 10 % fine-tuning setting).
     data_subset: float = 1.0
     # Mixed speech-text next-word prediction (interleaved spans; needs word_boundaries in the data).

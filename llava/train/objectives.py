@@ -105,7 +105,8 @@ def compute_objective(
     """Loss of one batch and its separate terms (for logging; detached by the caller)."""
     tau = objective.temperature if temperature is None else temperature
     audio_embeds = audio_mask = None
-    if batch.get("audio_values") is not None:
+    # A mixed batch whose utterances all became text spans carries audio_values of shape [0, S].
+    if batch.get("audio_values") is not None and batch["audio_values"].shape[0] > 0:
         audio_embeds, audio_mask = model.embed_audio(
             batch["audio_values"], batch["audio_lengths"]
         )  # [N, Q, D]

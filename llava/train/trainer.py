@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 
 import torch
 from torch.utils.data import DataLoader
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from llava.dataset.sampler import DurationBatchSampler
 from llava.model.checkpoint import load_into, read_weights, save_trainable
@@ -48,6 +48,7 @@ class SpeechTrainer(Trainer):
         self._term_sums: dict[str, list[float]] = defaultdict(list)
         self.skipped_samples: Counter[str] = Counter()
         self.nonfinite_steps = 0
+        self.add_callback(_EpochCallback())
 
     # ----------------------------------------------------------------------------- loss
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -55,6 +56,9 @@ class SpeechTrainer(Trainer):
         if skipped:
             self.skipped_samples.update(skipped)
         unwrapped = self.accelerator.unwrap_model(model)
+        if inputs["input_ids"].shape[0] == 0:  # every sample of the batch was dropped (and counted)
+            loss = _zero_loss(unwrapped)
+            return (loss, {"loss": loss}) if return_outputs else loss
         temperature = getattr(unwrapped, "loss_temperature", None)
         tau = temperature() if temperature is not None else None
         loss, terms = compute_objective(unwrapped, inputs, self.objective, self._shift_rng, temperature=tau)
@@ -77,9 +81,7 @@ class SpeechTrainer(Trainer):
                 f"{self.nonfinite_steps} training steps had a non-finite loss (last: {bad}); stopping. "
                 "Lower the learning rate, use bf16 instead of fp16, or raise --max_nonfinite_steps."
             )
-        # A zero loss that still touches every trainable parameter: backward gives zero gradients
-        # and data-parallel ranks stay in step (a rank that skipped backward would hang the others).
-        return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+        return _zero_loss(model)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         for name, values in self._term_sums.items():
@@ -142,6 +144,21 @@ class SpeechTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _zero_loss(model) -> torch.Tensor:
+    """A zero loss that still touches every trainable parameter: backward gives zero gradients and
+    data-parallel ranks stay in step (a rank that skipped backward would hang the others)."""
+    return sum((p * 0.0).sum() for p in model.parameters() if p.requires_grad)
+
+
+class _EpochCallback(TrainerCallback):
+    """Training prompts are redrawn per epoch: tell the dataset which epoch it is."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(int(state.epoch or 0))
 
 
 class _StateView:

@@ -1,0 +1,497 @@
+"""The YAML data config (the original repo's format) as typed dataclasses.
+
+```yaml
+INPUTS_TEXT_LIST: prompts.json            # optional; default: the shipped llava/dataset/prompts.json
+DATA:
+  - MuSTC:                                # dataset type (see DATASET_TYPES)
+      datapath: ${DATA_ROOT}/MUSTC_v1.0   # ${VAR} and ${VAR:-default} are expanded
+      task: ST                            # ASR | ST | SQA | INSTRUCT
+      languages: [en-de]
+      partitions:
+        train:                            # parquet stem
+          amount: ":100%"                 # ":X%" or "X1:X2%" (percent), "X1:X2" (rows)
+          min_duration: 1
+          max_duration: 45
+          destination: train              # train | eval | test
+          weight: 1.0                     # optional mixing weight
+  - Parquet:                              # generic files: say where they are and what columns mean
+      datapath: ${DATA_ROOT}/my_corpus
+      task: ASR
+      files: "{partition}-*.parquet"      # templates relative to datapath: {partition} {src} {tgt} {lang}, globs
+      columns: {transcript: text}         # logical field -> column (default: same name)
+      partitions: {train: {destination: train}}
+```
+
+`files` and `columns` may also override the defaults of the named types. Keys the original configs
+carried without effect here (`additional_args`, `audio_nwp`, `OUTPUTS_TEXT_LIST`) are accepted.
+
+Everything is validated here, before any data is read: a malformed config raises `ConfigError` naming
+the file and the field (`data.yml: DATA[1].MuSTC.partitions.train.amount: ...`), and every parquet
+file the config refers to must exist. Relative paths resolve against the YAML file's folder first,
+then against the working directory (the original code used the working directory).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULT_PROMPTS_PATH = Path(__file__).with_name("prompts.json")
+DESTINATIONS = ("train", "eval", "test")
+TASKS = ("ASR", "ST", "SQA", "INSTRUCT")
+
+# Logical fields a source can provide; dataset types map them to their parquet column names.
+FIELDS = (
+    "audio",
+    "duration",
+    "transcript",
+    "translation",
+    "question",
+    "answer",
+    "prompt",
+    "target",
+    "word_boundaries",
+)
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
+_AMOUNT = re.compile(rf"^\s*(?:{_NUM}\s*(%)?)?\s*:\s*(?:{_NUM}\s*(%)?)?\s*$")
+
+
+class ConfigError(ValueError):
+    """A malformed data config; the message names the file and the field."""
+
+
+# ----------------------------------------------------------------------------- amount slices
+@dataclass(frozen=True)
+class AmountSlice:
+    """A row range of a parquet file: percent (`":10%"`, `"10:20%"`) or absolute rows (`"0:500"`)."""
+
+    start: float | None  # None = from the first row
+    stop: float | None  # None = to the last row
+    percent: bool  # True: start/stop are percentages of the row count
+    text: str = ":100%"  # as written in the config
+
+    def bounds(self, num_rows: int) -> tuple[int, int]:
+        """Half-open row range [start, stop) for a file of `num_rows` rows."""
+
+        def at(value: float | None, default: int) -> int:
+            if value is None:
+                return default
+            # Percent boundaries round to the closest row, as `datasets` split slicing does.
+            row = math.floor(num_rows * value / 100 + 0.5) if self.percent else int(value)
+            return min(max(row, 0), num_rows)
+
+        start, stop = at(self.start, 0), at(self.stop, num_rows)
+        return start, max(start, stop)
+
+
+FULL = AmountSlice(None, None, True, ":100%")
+
+
+def parse_amount(text: Any) -> AmountSlice:
+    """Parse `":X%"`, `"X1:X2%"` (both percent), `"X1%:X2%"`, or `"X1:X2"` (rows); raises ValueError."""
+    expected = f'expected ":X%" or "X1:X2%", got {text!r}'
+    if not isinstance(text, str):
+        raise ValueError(expected)
+    inner = text.strip()
+    if inner.startswith("[") and inner.endswith("]"):  # tolerate the `split[...]` bracket form
+        inner = inner[1:-1]
+    m = _AMOUNT.match(inner)
+    if not m:
+        raise ValueError(expected)
+    start_s, start_pct, stop_s, stop_pct = m.groups()
+    if start_pct and stop_s is not None and not stop_pct:
+        raise ValueError(f"{expected} (start is a percentage but stop is a row count)")
+    percent = bool(start_pct or stop_pct)
+    start = float(start_s) if start_s is not None else None
+    stop = float(stop_s) if stop_s is not None else None
+    if not percent and ((start is not None and not start.is_integer()) or (stop and not stop.is_integer())):
+        raise ValueError(f"{expected} (row counts must be integers)")
+    if percent and any(v is not None and v > 100 for v in (start, stop)):
+        raise ValueError(f"{expected} (percentages must lie in [0, 100])")
+    if start is not None and stop is not None and start > stop:
+        raise ValueError(f"{expected} (start {start:g} is after stop {stop:g})")
+    return AmountSlice(start, stop, percent, text)
+
+
+# ----------------------------------------------------------------------------- dataset types
+@dataclass(frozen=True)
+class DatasetType:
+    """Where a dataset type keeps its parquet files and what its columns are called."""
+
+    name: str
+    tasks: tuple[str, ...]  # tasks this type can serve
+    columns: Mapping[str, str]  # logical field -> parquet column
+    # File templates relative to `datapath`, tried in order (the first existing one wins); placeholders:
+    # {src}, {tgt} (from a "src-tgt" language entry), {lang} (the entry as written), {partition}.
+    file_templates: tuple[str, ...]
+    needs_pair: bool = False  # languages must be "src-tgt"
+
+
+_MUSTC_COLUMNS = {
+    "audio": "audio",
+    "transcript": "sentence",
+    "translation": "translation",
+    "duration": "duration",
+}
+_ASR_COLUMNS = {"audio": "audio", "transcript": "transcript", "duration": "duration"}
+_NWP_COLUMNS = {
+    "audio": "audio",
+    "transcript": "transcription",
+    "word_boundaries": "word_boundaries",
+    "duration": "duration",
+}
+_SQA_COLUMNS = {"audio": "audio", "question": "question", "answer": "answer", "duration": "duration"}
+
+# Generic parquet files: every logical field defaults to a column of the same name.
+GENERIC_TYPE = "Parquet"
+
+DATASET_TYPES: dict[str, DatasetType] = {
+    "MuSTC": DatasetType("MuSTC", ("ASR", "ST"), _MUSTC_COLUMNS, ("{src}-{tgt}/{partition}.parquet",), True),
+    "MuSTC_NWP": DatasetType(
+        "MuSTC_NWP", ("ASR",), _NWP_COLUMNS, ("{src}-{tgt}_{partition}_processed.parquet",), True
+    ),
+    "Gigaspeech": DatasetType(
+        "Gigaspeech",
+        ("ASR",),
+        _ASR_COLUMNS,
+        # The original code spelled the folder `parque_files`; both spellings are accepted.
+        ("parquet_files/gigaspeech_{partition}.parquet", "parque_files/gigaspeech_{partition}.parquet"),
+    ),
+    "Giga_NWP": DatasetType(
+        "Giga_NWP", ("ASR",), _NWP_COLUMNS, ("{src}-{tgt}_{partition}_processed.parquet",), True
+    ),
+    "MLS": DatasetType(
+        "MLS", ("ASR",), _ASR_COLUMNS, ("{src}/{partition}.parquet", "mls_{src}_{partition}.parquet")
+    ),
+    "Spoken_SQuAD": DatasetType(
+        "Spoken_SQuAD", ("SQA",), _SQA_COLUMNS, ("spoken_squad_{partition}.parquet",)
+    ),
+    GENERIC_TYPE: DatasetType(GENERIC_TYPE, TASKS, {f: f for f in FIELDS}, ("{partition}.parquet",)),
+}
+
+# Keys the original configs may carry that have no effect here.
+_IGNORED_DATASET_KEYS = ("additional_args", "audio_nwp", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST")
+_DATASET_KEYS = ("datapath", "task", "languages", "partitions", "files", "columns", *_IGNORED_DATASET_KEYS)
+_PARTITION_KEYS = ("amount", "min_duration", "max_duration", "destination", "weight")
+_TOP_KEYS = ("DATA", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST")
+
+
+# ----------------------------------------------------------------------------- parsed config
+@dataclass(frozen=True)
+class PartitionConfig:
+    """One parquet stem of a dataset entry and how much of it to use."""
+
+    name: str  # parquet stem, e.g. "train", "tst-COMMON"
+    amount: AmountSlice  # row range taken before any filtering
+    min_duration: float | None  # seconds, inclusive; None = no bound
+    max_duration: float | None  # seconds, inclusive; None = no bound
+    destination: str  # train | eval | test
+    weight: float = 1.0  # mixing weight: expected uses of each row per training epoch
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    """One parquet file to read, fully resolved: what the dataset code consumes."""
+
+    dataset_type: str  # key of DATASET_TYPES
+    task: str  # ASR | ST | SQA | INSTRUCT
+    path: Path  # the parquet file (exists)
+    partition: PartitionConfig
+    columns: Mapping[str, str]  # logical field -> parquet column
+    source_language: str | None  # e.g. "en"
+    target_language: str | None  # e.g. "de" (ST); None for monolingual data
+    field: str  # config location for messages, e.g. "data.yml: DATA[0].MuSTC.partitions.train"
+
+    @property
+    def language(self) -> str:
+        """The language entry as written in the config ("en" or "en-de")."""
+        src = self.source_language or ""
+        return f"{src}-{self.target_language}" if self.target_language else src
+
+    @property
+    def name(self) -> str:
+        """Label for sample ids and skip summaries, `{type}.{task}.{language}:{file stem}`: unique when one
+        file serves two tasks (MuSTC ASR and ST) or two language pairs share a stem (en-de/train)."""
+        return f"{self.dataset_type}.{self.task}.{self.language}:{self.path.stem}"
+
+
+@dataclass
+class DatasetEntry:
+    """One item of the `DATA` list."""
+
+    dataset_type: str  # key of DATASET_TYPES
+    datapath: Path  # root folder of the dataset
+    task: str  # ASR | ST | SQA | INSTRUCT
+    languages: list[str]  # "en", or "src-tgt" pairs
+    partitions: list[PartitionConfig]
+    columns: dict[str, str]  # logical field -> parquet column (type defaults + overrides)
+    file_templates: tuple[str, ...]  # where the parquet files are, relative to datapath
+    index: int  # position in DATA, for messages
+
+
+@dataclass
+class DataConfig:
+    """A parsed data config: prompt file, dataset entries and the resolved parquet sources."""
+
+    path: Path  # the YAML file
+    prompts_path: Path  # task -> instruction texts (JSON)
+    outputs_text_list: Path | None  # accepted for compatibility; unused
+    datasets: list[DatasetEntry]
+    sources: list[SourceSpec] = field(default_factory=list)
+
+    def for_destination(self, destination: str) -> list[SourceSpec]:
+        if destination not in DESTINATIONS:
+            raise ValueError(f"unknown destination {destination!r}; known: {list(DESTINATIONS)}")
+        return [s for s in self.sources if s.partition.destination == destination]
+
+
+# ----------------------------------------------------------------------------- parsing
+class _Ctx:
+    """Builds `file: field` prefixes for error messages."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def error(self, where: str, msg: str) -> ConfigError:
+        return ConfigError(f"{self.path.name}: {where}: {msg}" if where else f"{self.path.name}: {msg}")
+
+
+def _expand_env(value: Any, ctx: _Ctx, where: str) -> Any:
+    """Expand `${VAR}` / `${VAR:-default}` in every string; an unset variable without default is an error."""
+    if isinstance(value, str):
+
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is not None:
+                return default
+            raise ctx.error(where, f"environment variable {name} is not set (in {value!r})")
+
+        return _ENV.sub(sub, value)
+    if isinstance(value, list):
+        return [_expand_env(v, ctx, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand_env(v, ctx, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    return value
+
+
+def _resolve(path_text: str, base: Path) -> Path:
+    p = Path(path_text).expanduser()
+    if p.is_absolute():
+        return p
+    for candidate in (base / p, Path.cwd() / p):
+        if candidate.exists():
+            return candidate
+    return base / p
+
+
+def _number(value: Any, ctx: _Ctx, where: str, *, allow_none: bool = True, positive: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ctx.error(where, f"expected a number, got {value!r}")
+    if value < 0 or (positive and value == 0):
+        raise ctx.error(
+            where, f"expected a {'positive' if positive else 'non-negative'} number, got {value!r}"
+        )
+    return float(value)
+
+
+def _split_language(lang: str) -> tuple[str, str | None]:
+    src, _, tgt = lang.partition("-")
+    return src, (tgt or None)
+
+
+def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionConfig:
+    if not isinstance(spec, dict):
+        raise ctx.error(where, f"expected a mapping with keys {list(_PARTITION_KEYS)}, got {spec!r}")
+    unknown = sorted(set(spec) - set(_PARTITION_KEYS))
+    if unknown:
+        raise ctx.error(f"{where}.{unknown[0]}", f"unknown key; known keys: {list(_PARTITION_KEYS)}")
+    try:
+        amount = parse_amount(spec.get("amount", ":100%"))
+    except ValueError as exc:
+        raise ctx.error(f"{where}.amount", str(exc)) from None
+    lo = _number(spec.get("min_duration"), ctx, f"{where}.min_duration")
+    hi = _number(spec.get("max_duration"), ctx, f"{where}.max_duration")
+    if lo is not None and hi is not None and lo > hi:
+        raise ctx.error(f"{where}.min_duration", f"min_duration {lo:g} is larger than max_duration {hi:g}")
+    if "destination" not in spec:
+        raise ctx.error(f"{where}.destination", f"missing; one of {list(DESTINATIONS)}")
+    dest = spec["destination"]
+    if dest not in DESTINATIONS:
+        raise ctx.error(f"{where}.destination", f"expected one of {list(DESTINATIONS)}, got {dest!r}")
+    weight = _number(spec.get("weight", 1.0), ctx, f"{where}.weight", allow_none=False, positive=True)
+    return PartitionConfig(str(name), amount, lo, hi, dest, weight)
+
+
+def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:
+    where = f"DATA[{index}]"
+    if not isinstance(item, dict) or len(item) != 1:
+        raise ctx.error(
+            where, f"expected a mapping with one dataset type key ({list(DATASET_TYPES)}), got {item!r}"
+        )
+    ((type_name, body),) = item.items()
+    if type_name not in DATASET_TYPES:
+        raise ctx.error(where, f"unknown dataset type {type_name!r}; known types: {list(DATASET_TYPES)}")
+    dtype = DATASET_TYPES[type_name]
+    where = f"{where}.{type_name}"
+    if not isinstance(body, dict):
+        raise ctx.error(where, f"expected a mapping, got {body!r}")
+    unknown = sorted(set(body) - set(_DATASET_KEYS))
+    if unknown:
+        raise ctx.error(f"{where}.{unknown[0]}", f"unknown key; known keys: {list(_DATASET_KEYS)}")
+
+    if not isinstance(body.get("datapath"), str) or not body["datapath"].strip():
+        raise ctx.error(f"{where}.datapath", f"expected a folder path, got {body.get('datapath')!r}")
+    datapath = _resolve(body["datapath"], base)
+
+    task = body.get("task")
+    if task not in dtype.tasks:
+        raise ctx.error(f"{where}.task", f"expected one of {list(dtype.tasks)} for {type_name}, got {task!r}")
+
+    languages = body.get("languages", ["en"] if not dtype.needs_pair else None)
+    if isinstance(languages, str):
+        languages = [languages]
+    if not isinstance(languages, list) or not languages or not all(isinstance(x, str) for x in languages):
+        raise ctx.error(f"{where}.languages", f"expected a list like [en-de], got {languages!r}")
+    for i, lang in enumerate(languages):
+        src, tgt = _split_language(lang)
+        if not re.fullmatch(r"[A-Za-z_]+(-[A-Za-z_]+)?", lang):
+            raise ctx.error(f"{where}.languages[{i}]", f'expected "xx" or "src-tgt", got {lang!r}')
+        if (dtype.needs_pair or task == "ST") and tgt is None:
+            raise ctx.error(
+                f"{where}.languages[{i}]", f'{type_name}/{task} needs a "src-tgt" pair, got {lang!r}'
+            )
+
+    columns = dict(dtype.columns)
+    if "columns" in body:
+        if not isinstance(body["columns"], dict):
+            raise ctx.error(
+                f"{where}.columns", f"expected a mapping field -> column, got {body['columns']!r}"
+            )
+        for key, col in body["columns"].items():
+            if key not in FIELDS:
+                raise ctx.error(f"{where}.columns.{key}", f"unknown field; known fields: {list(FIELDS)}")
+            if not isinstance(col, str) or not col:
+                raise ctx.error(f"{where}.columns.{key}", f"expected a column name, got {col!r}")
+            columns[key] = col
+
+    templates = dtype.file_templates
+    if "files" in body:
+        files = body["files"]
+        if isinstance(files, str):
+            files = [files]
+        if not isinstance(files, list) or not files or not all(isinstance(f, str) and f for f in files):
+            raise ctx.error(
+                f"{where}.files", f'expected a template like "{{partition}}.parquet", got {body["files"]!r}'
+            )
+        templates = tuple(files)
+        for i, template in enumerate(templates):
+            try:
+                template.format(src="xx", tgt="yy", lang="xx-yy", partition="p")
+            except (KeyError, IndexError, ValueError) as exc:
+                raise ctx.error(
+                    f"{where}.files[{i}]",
+                    f"bad template {template!r} ({exc}); placeholders: {{src}} {{tgt}} {{lang}} {{partition}}",
+                ) from None
+
+    parts = body.get("partitions")
+    if not isinstance(parts, dict) or not parts:
+        raise ctx.error(
+            f"{where}.partitions", f"expected a non-empty mapping of parquet stems, got {parts!r}"
+        )
+    partitions = [_parse_partition(n, s, ctx, f"{where}.partitions.{n}") for n, s in parts.items()]
+    return DatasetEntry(type_name, datapath, task, languages, partitions, columns, templates, index)
+
+
+def _find_files(entry: DatasetEntry, lang: str, part: PartitionConfig, ctx: _Ctx, where: str) -> list[Path]:
+    src, tgt = _split_language(lang)
+    tried: list[str] = []
+    for template in entry.file_templates:
+        rel = template.format(src=src, tgt=tgt or "", lang=lang, partition=part.name)
+        full = rel if os.path.isabs(rel) else str(entry.datapath / rel)
+        if glob.has_magic(full):
+            matches = sorted(Path(m) for m in glob.glob(full))
+            if matches:
+                return matches
+        elif Path(full).is_file():
+            return [Path(full)]
+        tried.append(full)
+    also = f" (also tried {', '.join(tried[1:])})" if len(tried) > 1 else ""
+    raise ctx.error(where, f"parquet file not found: {tried[0]}{also}")
+
+
+def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> DataConfig:
+    """Parse and validate a YAML data config; resolve (and, by default, check) every parquet file."""
+    path = Path(path)
+    ctx = _Ctx(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: data config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ctx.error("", f"invalid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ctx.error("", f"expected a mapping with keys {list(_TOP_KEYS)}, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(_TOP_KEYS))
+    if unknown:
+        raise ctx.error(unknown[0], f"unknown key; known keys: {list(_TOP_KEYS)}")
+    raw = _expand_env(raw, ctx, "")
+    base = path.resolve().parent
+
+    prompts_path = DEFAULT_PROMPTS_PATH
+    if raw.get("INPUTS_TEXT_LIST") is not None:
+        if not isinstance(raw["INPUTS_TEXT_LIST"], str):
+            raise ctx.error(
+                "INPUTS_TEXT_LIST", f"expected a path to a JSON file, got {raw['INPUTS_TEXT_LIST']!r}"
+            )
+        prompts_path = _resolve(raw["INPUTS_TEXT_LIST"], base)
+        if not prompts_path.is_file():
+            raise ctx.error("INPUTS_TEXT_LIST", f"prompt file not found: {prompts_path}")
+    outputs = raw.get("OUTPUTS_TEXT_LIST")
+    outputs_path = _resolve(outputs, base) if isinstance(outputs, str) else None
+
+    data = raw.get("DATA")
+    if not isinstance(data, list) or not data:
+        raise ctx.error("DATA", f"expected a non-empty list of datasets, got {data!r}")
+    entries = [_parse_entry(item, i, ctx, base) for i, item in enumerate(data)]
+
+    sources: list[SourceSpec] = []
+    for entry in entries:
+        for lang in entry.languages:
+            src, tgt = _split_language(lang)
+            for part in entry.partitions:
+                where = f"DATA[{entry.index}].{entry.dataset_type}.partitions.{part.name}"
+                if check_files:
+                    files = _find_files(entry, lang, part, ctx, where)
+                else:
+                    rel = entry.file_templates[0].format(
+                        src=src, tgt=tgt or "", lang=lang, partition=part.name
+                    )
+                    files = [entry.datapath / rel]
+                for f in files:
+                    sources.append(
+                        SourceSpec(
+                            dataset_type=entry.dataset_type,
+                            task=entry.task,
+                            path=f,
+                            partition=part,
+                            columns=entry.columns,
+                            source_language=src,
+                            target_language=tgt,
+                            field=f"{path.name}: {where}",
+                        )
+                    )
+    return DataConfig(path, prompts_path, outputs_path, entries, sources)

@@ -1,0 +1,259 @@
+"""Converters from other speech-LLM data formats into our parquet layout.
+
+    python -m llava.dataset.importers nemo MANIFEST.jsonl OUT.parquet [--prompt-file P] [--audio-root D]
+    python -m llava.dataset.importers slam DATA.jsonl OUT.parquet [--audio-root D]
+
+- NeMo manifests (JSON lines `audio_filepath, offset, duration, question|context, answer`) become
+  Spoken-SQuAD-style rows `audio, question, answer, duration, id`; the question ends with
+  "\\n<audio>". An optional prompt file holds a template for the question text: `{question}` (or
+  `{context}`) marks where the question goes, otherwise the template is put on the line before it.
+- SLAM-LLM JSON lines (`key, source, target`, source = audio file) become ASR rows
+  `audio, transcript, duration, key` (the Gigaspeech columns).
+
+Audio is cut (offset/duration), downmixed to mono and stored encoded (`{bytes, path}`, FLAC by
+default) at its original sampling rate. A bad line raises `ImportFormatError` naming file and line.
+Output files are written atomically (temporary file + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import soundfile as sf
+
+from llava.constants import AUDIO_TOKEN
+from llava.dataset.audio import encode_audio
+from llava.dataset.prompts import attach_audio
+
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+
+
+class ImportFormatError(ValueError):
+    """A malformed input line; the message names the file and the line."""
+
+
+def write_parquet(rows: Iterable[dict[str, Any]], path: str | os.PathLike, row_group_size: int = 256) -> int:
+    """Write dict rows to a parquet file atomically; an `audio` column gets the `{bytes, path}` struct
+    type. Returns the number of rows written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    writer: pq.ParquetWriter | None = None
+    count = 0
+
+    def flush(batch: list[dict[str, Any]]) -> None:
+        nonlocal writer
+        if writer is None:
+            table = pa.Table.from_pylist(batch)
+            if "audio" in table.column_names and pa.types.is_struct(table.schema.field("audio").type):
+                names = {f.name for f in table.schema.field("audio").type}
+                if names <= {"bytes", "path"}:
+                    table = table.set_column(
+                        table.column_names.index("audio"),
+                        pa.field("audio", AUDIO_TYPE),
+                        pa.array([r["audio"] for r in batch], type=AUDIO_TYPE),
+                    )
+            writer = pq.ParquetWriter(tmp, table.schema)
+        else:
+            table = pa.Table.from_pylist(batch, schema=writer.schema)
+        writer.write_table(table, row_group_size=row_group_size)
+
+    try:
+        batch: list[dict[str, Any]] = []
+        for row in rows:
+            batch.append(row)
+            count += 1
+            if len(batch) >= row_group_size:
+                flush(batch)
+                batch = []
+        if batch or writer is None:
+            if not batch:
+                raise ValueError(f"{path}: nothing to write (no rows)")
+            flush(batch)
+        writer.close()
+        os.replace(tmp, path)
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return count
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ImportFormatError(f"{path}:{lineno}: invalid JSON: {exc.msg}") from None
+            if not isinstance(obj, dict):
+                raise ImportFormatError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def _field(obj: dict[str, Any], names: tuple[str, ...], where: str, kind: type | tuple = str) -> Any:
+    for name in names:
+        if obj.get(name) is not None:
+            value = obj[name]
+            if kind is str and (not isinstance(value, str) or not value.strip()):
+                raise ImportFormatError(f"{where}: field '{name}' must be a non-empty string, got {value!r}")
+            if kind is not str and (isinstance(value, bool) or not isinstance(value, kind)):
+                raise ImportFormatError(f"{where}: field '{name}' must be a string or number, got {value!r}")
+            return value
+    raise ImportFormatError(f"{where}: missing field {' or '.join(repr(n) for n in names)}")
+
+
+def _seconds(obj: dict[str, Any], name: str, where: str) -> float | None:
+    value = obj.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value) or value < 0:
+        raise ImportFormatError(f"{where}: field '{name}' must be a non-negative number, got {value!r}")
+    return float(value)
+
+
+def _read_cut(
+    audio_path: str, root: Path, offset: float | None, duration: float | None, where: str
+) -> tuple[np.ndarray, int, str]:
+    path = Path(audio_path)
+    if not path.is_absolute():
+        path = root / path
+    try:
+        sr = sf.info(str(path)).samplerate
+        start = int(round((offset or 0.0) * sr))
+        frames = int(round(duration * sr)) if duration is not None else -1
+        wave, sr = sf.read(str(path), start=start, frames=frames, dtype="float32", always_2d=True)
+    except Exception as exc:
+        raise ImportFormatError(f"{where}: cannot read audio {path}: {exc}") from None
+    wave = wave.mean(axis=1)  # [S] mono
+    if wave.size == 0:
+        raise ImportFormatError(f"{where}: audio {path} is empty at offset {offset} / duration {duration}")
+    return wave, int(sr), str(audio_path)
+
+
+def load_prompt_template(path: str | os.PathLike | None) -> str:
+    """The question template of a NeMo prompt file ("{question}" when none is given)."""
+    if path is None:
+        return "{question}"
+    text = Path(path).read_text(encoding="utf-8").strip()
+    if not text:
+        raise ImportFormatError(f"{path}: prompt file is empty")
+    text = text.replace("{context}", "{question}")
+    if text.count(AUDIO_TOKEN) > 1:
+        raise ImportFormatError(f"{path}: prompt file holds more than one {AUDIO_TOKEN}")
+    return text if "{question}" in text else text + "\n{question}"
+
+
+def nemo_rows(
+    manifest: str | os.PathLike,
+    *,
+    prompt_file: str | os.PathLike | None = None,
+    audio_root: str | os.PathLike | None = None,
+    fmt: str = "flac",
+) -> Iterator[dict[str, Any]]:
+    """Rows (audio, question, answer, duration, id) from a NeMo manifest."""
+    manifest = Path(manifest)
+    root = Path(audio_root) if audio_root is not None else manifest.parent
+    template = load_prompt_template(prompt_file)
+    for lineno, obj in _json_lines(manifest):
+        where = f"{manifest}:{lineno}"
+        audio_path = _field(obj, ("audio_filepath",), where)
+        question = _field(obj, ("question", "context"), where)
+        answer = _field(obj, ("answer",), where)
+        offset, duration = _seconds(obj, "offset", where), _seconds(obj, "duration", where)
+        wave, sr, label = _read_cut(audio_path, root, offset, duration, where)
+        q = question.replace(AUDIO_TOKEN, "").strip()
+        yield {
+            "audio": encode_audio(wave, sr, fmt, path=label),
+            "question": attach_audio(template.replace("{question}", q)),
+            "answer": answer.strip(),
+            "duration": len(wave) / sr,
+            "id": f"{manifest.stem}:{lineno}",
+        }
+
+
+def slam_rows(
+    data: str | os.PathLike, *, audio_root: str | os.PathLike | None = None, fmt: str = "flac"
+) -> Iterator[dict[str, Any]]:
+    """Rows (audio, transcript, duration, key) from SLAM-LLM JSON lines."""
+    data = Path(data)
+    root = Path(audio_root) if audio_root is not None else data.parent
+    for lineno, obj in _json_lines(data):
+        where = f"{data}:{lineno}"
+        key = _field(obj, ("key",), where, kind=(str, int))
+        source = _field(obj, ("source",), where)
+        target = _field(obj, ("target",), where)
+        wave, sr, label = _read_cut(source, root, None, None, where)
+        yield {
+            "audio": encode_audio(wave, sr, fmt, path=label),
+            "transcript": target.strip(),
+            "duration": len(wave) / sr,
+            "key": str(key),
+        }
+
+
+def import_nemo(manifest: str | os.PathLike, out: str | os.PathLike, **kwargs: Any) -> int:
+    """NeMo manifest -> parquet; returns the row count."""
+    return write_parquet(nemo_rows(manifest, **kwargs), out)
+
+
+def import_slam(data: str | os.PathLike, out: str | os.PathLike, **kwargs: Any) -> int:
+    """SLAM-LLM JSON lines -> parquet; returns the row count."""
+    return write_parquet(slam_rows(data, **kwargs), out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.dataset.importers", description=__doc__.split("\n\n")[0]
+    )
+    sub = parser.add_subparsers(dest="format", required=True)
+    nemo = sub.add_parser(
+        "nemo", help="NeMo manifest (audio_filepath, offset, duration, question|context, answer)"
+    )
+    nemo.add_argument("manifest")
+    nemo.add_argument("out")
+    nemo.add_argument("--prompt-file", default=None, help="question template; {question} marks the question")
+    slam = sub.add_parser("slam", help="SLAM-LLM JSON lines (key, source, target)")
+    slam.add_argument("data")
+    slam.add_argument("out")
+    for p in (nemo, slam):
+        p.add_argument(
+            "--audio-root", default=None, help="folder for relative audio paths (default: the input's)"
+        )
+        p.add_argument("--audio-format", default="flac", choices=["flac", "wav"], help="how audio is stored")
+    args = parser.parse_args(argv)
+    try:
+        if args.format == "nemo":
+            n = import_nemo(
+                args.manifest,
+                args.out,
+                prompt_file=args.prompt_file,
+                audio_root=args.audio_root,
+                fmt=args.audio_format,
+            )
+        else:
+            n = import_slam(args.data, args.out, audio_root=args.audio_root, fmt=args.audio_format)
+    except (ImportFormatError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""One parquet file as a lazy source of Samples (see docs/architecture.md for the Sample contract).
+
+Loading reads the metadata columns and the still-encoded audio column with pyarrow and filters rows
+with vectorised checks (slice, null/empty text, duration bounds, audio headers); nothing is decoded.
+`sample(k)` decodes one row's audio and builds the task's prompt/target. Rows that fail a check are
+skipped and counted in a `SkipCounter` (strict mode raises `DataError` instead).
+
+Memory: the selected row range of the audio column is held in Arrow buffers (encoded bytes, not
+waveforms); forked DataLoader workers share them copy-on-write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from llava.constants import AUDIO_TOKEN
+from llava.dataset import skips as R
+from llava.dataset.audio import (
+    DEFAULT_SAMPLING_RATE,
+    EMPTY,
+    MISSING,
+    NON_FINITE,
+    UNDECODABLE,
+    AudioDecodeError,
+    audio_info,
+    decode_audio,
+)
+from llava.dataset.config import SourceSpec
+from llava.dataset.prompts import PromptBank, attach_audio
+from llava.dataset.skips import DataError, SkipCounter
+
+logger = logging.getLogger(__name__)
+
+# Fields a task cannot do without (on top of `audio`).
+TASK_FIELDS: dict[str, tuple[str, ...]] = {
+    "ASR": ("transcript",),
+    "ST": ("translation",),
+    "SQA": ("question", "answer"),
+    "INSTRUCT": ("target",),
+}
+# Fields read when present.
+OPTIONAL_FIELDS = ("transcript", "duration", "word_boundaries", "prompt")
+
+
+def parse_word_boundaries(value: Any) -> list[list]:
+    """`word_boundaries` (JSON text, a list of [start, end, word], or a list of {start, end, word})
+    -> `[[start_s, end_s, word], ...]`; raises ValueError when malformed (times must not go back)."""
+    if isinstance(value, str | bytes):
+        value = json.loads(value)
+    if not isinstance(value, list) or not value:
+        raise ValueError("word_boundaries must be a non-empty list")
+    out: list[list] = []
+    last_start = 0.0
+    for item in value:
+        if isinstance(item, dict):
+            item = [item.get("start"), item.get("end"), item.get("word")]
+        if not isinstance(item, list | tuple) or len(item) != 3:
+            raise ValueError(f"expected [start, end, word], got {item!r}")
+        start, end, word = float(item[0]), float(item[1]), item[2]
+        if not (np.isfinite(start) and np.isfinite(end)) or start < 0 or end < start or start < last_start:
+            raise ValueError(f"bad word times {item!r}")
+        if not isinstance(word, str) or not word.strip():
+            raise ValueError(f"empty word in {item!r}")
+        out.append([start, end, word.strip()])
+        last_start = start
+    return out
+
+
+def _audio_kind(arrow_type: pa.DataType) -> str | None:
+    if pa.types.is_struct(arrow_type):
+        names = {arrow_type.field(i).name for i in range(arrow_type.num_fields)}
+        if "array" in names:
+            return "array"
+        if names & {"bytes", "path"}:
+            return "encoded"
+        return None
+    if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
+        return "bytes"
+    if pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type):
+        return "path"
+    return None
+
+
+def _empty_text_mask(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(null mask, empty-or-blank mask) of a text column, or of a list-of-texts column (answers)."""
+    null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    t = col.type
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        # a list of texts (gold answers) is empty when none of its items is a non-blank text
+        col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+        flat = pc.list_flatten(col)
+        parents = np.asarray(pc.list_parent_indices(col).to_numpy(zero_copy_only=False), dtype=np.int64)
+        if not (pa.types.is_string(flat.type) or pa.types.is_large_string(flat.type)):
+            flat = pc.cast(flat, pa.string())
+        filled = pc.fill_null(pc.utf8_length(pc.utf8_trim_whitespace(flat)), 0)
+        nonblank = np.asarray(filled.to_numpy(zero_copy_only=False)) > 0
+        empty = np.bincount(parents[nonblank], minlength=len(col)) == 0
+    else:
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+            col = pc.cast(col, pa.string())
+        trimmed = pc.utf8_length(pc.utf8_trim_whitespace(col))
+        empty = np.asarray(pc.fill_null(trimmed, 0).to_numpy(zero_copy_only=False)) == 0
+    return null, empty & ~null
+
+
+class ParquetSource:
+    """The rows of one parquet file that pass the metadata checks, as lazily decoded Samples."""
+
+    def __init__(
+        self,
+        spec: SourceSpec,
+        *,
+        skips: SkipCounter | None = None,
+        strict: bool = False,
+        check_audio: bool = True,
+        need_word_boundaries: bool = False,
+        sampling_rate: int = DEFAULT_SAMPLING_RATE,
+    ):
+        if spec.task not in TASK_FIELDS:
+            raise ValueError(f"unknown task {spec.task!r}; known tasks: {list(TASK_FIELDS)}")
+        self.spec = spec
+        self.name = spec.name
+        self.task = spec.task
+        self.strict = strict
+        self.sampling_rate = sampling_rate
+        self.skips = skips if skips is not None else SkipCounter()
+        self.base_dir = spec.path.parent
+        self.rows = np.zeros(0, dtype=np.int64)  # kept rows, indices into the loaded slice
+        self.durations = np.zeros(0, dtype=np.float64)  # [len(self)] seconds
+        self.first_row = 0  # file row of slice row 0 (for ids)
+        self._cols: dict[str, pa.ChunkedArray] = {}
+        self._load(need_word_boundaries, check_audio)
+
+    # ------------------------------------------------------------------------- loading
+    def _skip(self, reason: str, mask: np.ndarray, keep: np.ndarray, detail: str = "") -> None:
+        bad = mask & keep
+        n = int(bad.sum())
+        if not n:
+            return
+        if self.strict:
+            row = self.first_row + int(np.flatnonzero(bad)[0])
+            raise DataError(f"{self.spec.path}: row {row}: {reason}{': ' + detail if detail else ''}")
+        self.skips.add(reason, n, self.name)
+        keep &= ~bad
+
+    def _load(self, need_word_boundaries: bool, check_audio: bool) -> None:
+        spec, path = self.spec, self.spec.path
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:
+            raise DataError(f"{path}: cannot read parquet file: {exc}") from exc
+        names = set(pf.schema_arrow.names)
+        start, stop = spec.partition.amount.bounds(pf.metadata.num_rows)
+        n = stop - start
+        self.first_row = start
+        self.skips.seen += n
+
+        required = ["audio", *TASK_FIELDS[self.task]] + (["word_boundaries"] if need_word_boundaries else [])
+        missing = [f for f in required if spec.columns.get(f, f) not in names]
+        if missing:
+            cols = ", ".join(f"'{spec.columns.get(f, f)}' ({f})" for f in missing)
+            msg = f"{path}: column {cols} missing (columns: {sorted(names)}); needed for {self.task} ({spec.field})"
+            if self.strict:
+                raise DataError(msg)
+            logger.warning("%s; skipping its %d rows", msg, n)
+            self.skips.add(R.MISSING_COLUMN, n, self.name)
+            return
+        fields = required + [
+            f for f in OPTIONAL_FIELDS if f not in required and spec.columns.get(f, f) in names
+        ]
+        table = self._read_rows(pf, [spec.columns.get(f, f) for f in fields], start, stop)
+        self._cols = {f: table.column(spec.columns.get(f, f)) for f in fields}
+
+        self._audio_kind = _audio_kind(self._cols["audio"].type)
+        if self._audio_kind is None:
+            msg = f"{path}: column '{spec.columns['audio']}' has type {self._cols['audio'].type}, not audio"
+            if self.strict:
+                raise DataError(msg)
+            logger.warning("%s; skipping its %d rows", msg, n)
+            self.skips.add(UNDECODABLE, n, self.name)
+            self._cols = {}
+            return
+        self._index_audio_chunks()
+
+        keep = np.ones(n, dtype=bool)
+        for f in TASK_FIELDS[self.task]:
+            null, empty = _empty_text_mask(self._cols[f])
+            self._skip(R.MISSING_VALUE, null, keep, f"'{spec.columns.get(f, f)}' is null")
+            self._skip(R.EMPTY_TEXT, empty, keep, f"'{spec.columns.get(f, f)}' is empty")
+        for f in ("question", "prompt"):
+            if f in self._cols and self._cols[f].type in (pa.string(), pa.large_string()):
+                extra = pc.fill_null(pc.count_substring(self._cols[f], AUDIO_TOKEN), 0).to_numpy(
+                    zero_copy_only=False
+                )
+                self._skip(R.BAD_PROMPT, np.asarray(extra) > 1, keep, f"more than one {AUDIO_TOKEN} in '{f}'")
+
+        durations = np.full(n, np.nan)
+        if "duration" in self._cols:
+            try:
+                col = pc.cast(self._cols["duration"], pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                name = spec.columns.get("duration", "duration")
+                raise DataError(f"{path}: column '{name}' is not numeric seconds: {exc}") from None
+            durations = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)  # writable copy
+        if check_audio or np.isnan(durations).any():
+            self._check_audio(keep, durations, check_all=check_audio)
+        lo, hi = spec.partition.min_duration, spec.partition.max_duration
+        with np.errstate(invalid="ignore"):
+            if lo is not None:
+                self._skip(R.TOO_SHORT, durations < lo, keep, f"duration below {lo:g} s")
+            if hi is not None:
+                self._skip(R.TOO_LONG, durations > hi, keep, f"duration above {hi:g} s")
+
+        if need_word_boundaries:
+            bad = np.zeros(n, dtype=bool)
+            col = self._cols["word_boundaries"]
+            for r in np.flatnonzero(keep):
+                try:
+                    parse_word_boundaries(col[int(r)].as_py())
+                except (ValueError, TypeError) as exc:
+                    bad[r] = True
+                    if self.strict:
+                        raise DataError(
+                            f"{path}: row {self.first_row + int(r)}: {R.BAD_WORD_BOUNDARIES}: {exc}"
+                        ) from exc
+            self._skip(R.BAD_WORD_BOUNDARIES, bad, keep)
+
+        self.rows = np.flatnonzero(keep).astype(np.int64)
+        self.durations = durations[self.rows]
+
+    @staticmethod
+    def _read_rows(pf: pq.ParquetFile, columns: list[str], start: int, stop: int) -> pa.Table:
+        """Read only the row groups overlapping [start, stop), then slice (zero copy)."""
+        meta = pf.metadata
+        groups, first, pos = [], None, 0
+        for g in range(meta.num_row_groups):
+            rows = meta.row_group(g).num_rows
+            if pos + rows > start and pos < stop:
+                groups.append(g)
+                first = pos if first is None else first
+            pos += rows
+        if not groups:
+            return pf.schema_arrow.empty_table().select(columns)
+        table = pf.read_row_groups(groups, columns=columns)
+        return table.slice(start - first, stop - start)
+
+    def _index_audio_chunks(self) -> None:
+        chunks = self._cols["audio"].chunks
+        audio_type = self._cols["audio"].type
+        # Flat float lists are checked vectorised; anything else (multi-channel lists) row by row.
+        self._nested_arrays = False
+        if self._audio_kind == "array":
+            array_type = audio_type.field("array").type
+            is_list = pa.types.is_list(array_type) or pa.types.is_large_list(array_type)
+            self._nested_arrays = not (is_list and not pa.types.is_list(array_type.value_type))
+        self._chunk_starts = np.cumsum([0] + [len(c) for c in chunks])
+        self._audio_chunks: list[dict[str, pa.Array]] = []
+        for chunk in chunks:
+            if self._audio_kind in ("array", "encoded"):
+                t = chunk.type
+                self._audio_chunks.append(
+                    {t.field(i).name: pc.struct_field(chunk, [i]) for i in range(t.num_fields)} | {"_": chunk}
+                )
+            else:
+                self._audio_chunks.append({"_": chunk})
+
+    def _check_audio(self, keep: np.ndarray, durations: np.ndarray, check_all: bool) -> None:
+        """Header-level checks (readable, non-empty, finite decoded arrays); fills missing durations."""
+        reasons: dict[str, np.ndarray] = {}
+
+        def mark(reason: str, r: int) -> None:
+            reasons.setdefault(reason, np.zeros(len(keep), dtype=bool))[r] = True
+
+        if self._audio_kind == "array" and not self._nested_arrays:
+            # Decoded mono arrays: lengths and non-finite values are checked on the flat Arrow buffers.
+            null_l, len_l, sr_l, nonfinite_l = [], [], [], []
+            for chunk_fields in self._audio_chunks:
+                arrays = chunk_fields["array"]
+                null_l.append(np.asarray(arrays.is_null().to_numpy(zero_copy_only=False), dtype=bool))
+                lengths = np.asarray(
+                    pc.fill_null(pc.list_value_length(arrays), 0).to_numpy(zero_copy_only=False),
+                    dtype=np.int64,
+                )
+                len_l.append(lengths)
+                srs = chunk_fields.get("sampling_rate")
+                sr_l.append(
+                    np.asarray(pc.fill_null(srs, 0).to_numpy(zero_copy_only=False), dtype=np.float64)
+                    if srs is not None
+                    else np.zeros(len(arrays))
+                )
+                values = arrays.flatten()  # honours the list offsets; null lists contribute nothing
+                nonfinite = np.zeros(len(arrays), dtype=bool)
+                if pa.types.is_floating(values.type):
+                    bad = ~np.isfinite(np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64))
+                    cum = np.concatenate([[0], np.cumsum(bad)])
+                    ends = np.cumsum(lengths)
+                    nonfinite = (cum[ends] - cum[ends - lengths]) > 0
+                nonfinite_l.append(nonfinite)
+            null, lengths, sr, nonfinite = (np.concatenate(x) for x in (null_l, len_l, sr_l, nonfinite_l))
+            self._skip(MISSING, null, keep, "audio is null")
+            self._skip(EMPTY, lengths == 0, keep, "audio array is empty")
+            self._skip(UNDECODABLE, sr <= 0, keep, "sampling_rate missing or not positive")
+            self._skip(NON_FINITE, nonfinite, keep, "audio array holds NaN or inf")
+            fill = np.isnan(durations) & keep
+            durations[fill] = lengths[fill] / sr[fill]
+        else:
+            for r in np.flatnonzero(keep):
+                r = int(r)
+                if not check_all and not np.isnan(durations[r]):
+                    continue
+                try:
+                    frames, sr = audio_info(self._audio_value(r), base_dir=self.base_dir)
+                except AudioDecodeError as exc:
+                    mark(exc.reason, r)
+                    continue
+                if frames <= 0:
+                    mark(EMPTY, r)
+                elif np.isnan(durations[r]):
+                    durations[r] = frames / sr
+        for reason, mask in reasons.items():
+            self._skip(reason, mask, keep)
+        # A row whose duration is still unknown could not be measured: its audio is unusable.
+        self._skip(UNDECODABLE, np.isnan(durations), keep, "no duration and unreadable audio header")
+
+    # ------------------------------------------------------------------------- access
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def row_id(self, k: int) -> str:
+        """Stable id `{type}.{task}.{language}:{file stem}:{file row}` (e.g. `MuSTC.ST.en-de:train:17`)."""
+        return f"{self.name}:{self.first_row + int(self.rows[k])}"
+
+    def _value(self, field: str, r: int) -> Any:
+        col = self._cols.get(field)
+        return None if col is None else col[r].as_py()
+
+    def text(self, field: str, k: int) -> Any:
+        """The raw value of a metadata field for kept row k (None when the file has no such column)."""
+        return self._value(field, int(self.rows[k]))
+
+    def _audio_value(self, r: int) -> Any:
+        c = int(np.searchsorted(self._chunk_starts, r, side="right") - 1)
+        j = r - int(self._chunk_starts[c])
+        fields = self._audio_chunks[c]
+        if self._audio_kind == "array":
+            arrays = fields["array"]
+            if not arrays[j].is_valid:
+                return None
+            values = arrays[j].values.to_numpy(zero_copy_only=False)
+            sr = fields["sampling_rate"][j].as_py() if "sampling_rate" in fields else None
+            return {"array": values, "sampling_rate": sr}
+        if self._audio_kind == "encoded":
+            if not fields["_"][j].is_valid:
+                return None
+            b = fields["bytes"][j].as_py() if "bytes" in fields else None
+            p = fields["path"][j].as_py() if "path" in fields else None
+            return {"bytes": b, "path": p}
+        return fields["_"][j].as_py()
+
+    def load_audio(self, k: int) -> np.ndarray:
+        """Decoded float32 mono waveform of kept row k at `sampling_rate`; raises AudioDecodeError."""
+        return decode_audio(self._audio_value(int(self.rows[k])), self.sampling_rate, base_dir=self.base_dir)
+
+    def sample(self, k: int, prompts: PromptBank, rng: np.random.Generator | None = None) -> dict[str, Any]:
+        """The Sample of kept row k; `rng` draws the prompt (None: the fixed first prompt, for eval).
+
+        Raises AudioDecodeError when the audio cannot be decoded.
+        """
+        audio = self.load_audio(k)
+        src, tgt = self.spec.source_language, self.spec.target_language
+        transcript = self.text("transcript", k)
+        transcript = (transcript.strip() or None) if isinstance(transcript, str) else None
+        builder = _TASKS[self.task]
+        prompt, target, extra = builder(self, k, prompts, rng, src, tgt, transcript)
+        wb = self.text("word_boundaries", k)
+        try:
+            word_boundaries = parse_word_boundaries(wb) if wb not in (None, "", []) else None
+        except (ValueError, TypeError):
+            # Only interleaving needs them, and then they were validated at load: here they are optional.
+            word_boundaries = None
+        sample = {
+            "id": self.row_id(k),
+            "task": self.task,
+            "audio": audio,
+            "prompt": prompt,
+            "target": target,
+            "transcript": transcript,
+            "word_boundaries": word_boundaries,
+            "duration": len(audio) / self.sampling_rate,
+            "source_language": src,
+            "target_language": tgt,
+        }
+        sample.update(extra)
+        return sample
+
+
+# ----------------------------------------------------------------------------- task builders
+# Each returns (prompt, target, extra sample keys).
+_Builder = Callable[..., tuple[str, str, dict[str, Any]]]
+
+
+def _asr(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
+    return prompts.choose("ASR", source_language=src, rng=rng), transcript, {}
+
+
+def _st(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
+    prompt = prompts.choose("ST", source_language=src, target_language=tgt, rng=rng)
+    return prompt, str(src_.text("translation", k)).strip(), {}
+
+
+def _sqa(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
+    question = str(src_.text("question", k))
+    if AUDIO_TOKEN in question:
+        prompt = question  # the original layout: question text ending with "\n<audio>"
+    else:
+        prompt = prompts.choose("SQA", source_language=src, question=question, rng=rng)
+    answer = src_.text("answer", k)
+    if isinstance(answer, list):
+        references = [str(a).strip() for a in answer if a is not None and str(a).strip()]
+        return prompt, references[0], {"references": references}
+    return prompt, str(answer).strip(), {}
+
+
+def _instruct(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
+    given = src_.text("prompt", k)
+    if isinstance(given, str) and given.strip():
+        prompt = attach_audio(given.strip())
+    else:
+        prompt = prompts.choose("INSTRUCT", source_language=src, target_language=tgt, rng=rng)
+    return prompt, str(src_.text("target", k)).strip(), {}
+
+
+_TASKS: dict[str, _Builder] = {"ASR": _asr, "ST": _st, "SQA": _sqa, "INSTRUCT": _instruct}

@@ -1,0 +1,369 @@
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from llava.dataset.config import (
+    DATASET_TYPES,
+    DEFAULT_PROMPTS_PATH,
+    AmountSlice,
+    ConfigError,
+    load_data_config,
+    parse_amount,
+)
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def _write(tmp_path: Path, text: str, name: str = "data.yml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+@pytest.fixture
+def mustc(tmp_path):
+    _touch(tmp_path / "mustc" / "en-de" / "train.parquet")
+    _touch(tmp_path / "mustc" / "en-de" / "tst-COMMON.parquet")
+    return tmp_path / "mustc"
+
+
+# ----------------------------------------------------------------------------- amount
+@pytest.mark.parametrize(
+    "text, n, expected",
+    [
+        (":100%", 10, (0, 10)),
+        (":10%", 200, (0, 20)),
+        ("10:20%", 200, (20, 40)),
+        ("10%:20%", 200, (20, 40)),
+        ("50%:", 10, (5, 10)),
+        ("3:7", 10, (3, 7)),
+        (":50", 10, (0, 10)),  # row counts are clipped to the file
+        ("[:25%]", 8, (0, 2)),
+        (":33%", 3, (0, 1)),  # percent boundaries round to the closest row
+    ],
+)
+def test_amount_slices(text, n, expected):
+    assert parse_amount(text).bounds(n) == expected
+
+
+@pytest.mark.parametrize("text", ["abc", "10%", "", "20:10%", ":150%", "5%:10", ":1.5", None, 50])
+def test_amount_rejects(text):
+    with pytest.raises(ValueError, match=r'expected ":X%" or "X1:X2%"'):
+        parse_amount(text)
+
+
+def test_amount_slice_empty_file():
+    assert AmountSlice(10, 20, True).bounds(0) == (0, 0)
+
+
+# ----------------------------------------------------------------------------- full configs
+def test_parse_mustc_with_env_and_defaults(tmp_path, mustc, monkeypatch):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    p = _write(
+        tmp_path,
+        """
+        DATA:
+          - MuSTC:
+              datapath: ${DATA_ROOT}/mustc
+              task: ST
+              languages: [en-de]
+              partitions:
+                train:
+                  amount: "10:20%"
+                  min_duration: 1
+                  max_duration: 45
+                  destination: train
+                  weight: 2.5
+                tst-COMMON:
+                  amount: ":100%"
+                  destination: test
+        """,
+    )
+    cfg = load_data_config(p)
+    assert cfg.prompts_path == DEFAULT_PROMPTS_PATH
+    (entry,) = cfg.datasets
+    assert entry.datapath == mustc and entry.task == "ST" and entry.languages == ["en-de"]
+    train, test = entry.partitions
+    assert (train.amount.start, train.amount.stop, train.amount.percent) == (10, 20, True)
+    assert (train.min_duration, train.max_duration, train.weight) == (1.0, 45.0, 2.5)
+    assert test.min_duration is None and test.weight == 1.0
+    (src,) = cfg.for_destination("train")
+    assert src.path == mustc / "en-de" / "train.parquet"
+    assert (src.source_language, src.target_language) == ("en", "de")
+    assert src.columns["transcript"] == "sentence" and src.columns["translation"] == "translation"
+    assert cfg.for_destination("test")[0].path.name == "tst-COMMON.parquet"
+    assert cfg.for_destination("eval") == []
+
+
+def test_env_default_and_unset(tmp_path, mustc, monkeypatch):
+    monkeypatch.delenv("NOPE_ROOT", raising=False)
+    body = """
+        DATA:
+          - MuSTC:
+              datapath: {path}
+              task: ASR
+              languages: [en-de]
+              partitions: {{train: {{destination: train}}}}
+        """
+    p = _write(tmp_path, body.format(path="${NOPE_ROOT:-" + str(mustc) + "}"))
+    assert load_data_config(p).sources[0].path.parent.parent == mustc
+    p = _write(tmp_path, body.format(path="${NOPE_ROOT}/mustc"))
+    with pytest.raises(
+        ConfigError, match=r"data\.yml: DATA\[0\]\.MuSTC\.datapath: environment variable NOPE_ROOT"
+    ):
+        load_data_config(p)
+
+
+def test_relative_paths_resolve_against_yaml_folder(tmp_path, mustc, monkeypatch):
+    (tmp_path / "my_prompts.json").write_text('{"ASR": ["Say it."]}')
+    sub = tmp_path / "elsewhere"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    p = _write(
+        tmp_path,
+        """
+        INPUTS_TEXT_LIST: my_prompts.json
+        DATA:
+          - MuSTC:
+              datapath: mustc
+              task: ASR
+              languages: [en-de]
+              partitions: {train: {destination: train}}
+        """,
+    )
+    cfg = load_data_config(p)
+    assert cfg.prompts_path == tmp_path / "my_prompts.json"
+    assert cfg.sources[0].path == tmp_path / "mustc" / "en-de" / "train.parquet"
+
+
+@pytest.mark.parametrize("folder", ["parquet_files", "parque_files"])
+def test_gigaspeech_accepts_both_folder_spellings(tmp_path, folder):
+    _touch(tmp_path / "giga" / folder / "gigaspeech_train.parquet")
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - Gigaspeech:
+              datapath: {tmp_path / "giga"}
+              task: ASR
+              languages: [en]
+              partitions: {{train: {{destination: train}}}}
+        """,
+    )
+    (src,) = load_data_config(p).sources
+    assert src.path.parent.name == folder and src.columns["transcript"] == "transcript"
+
+
+def test_other_types_paths(tmp_path):
+    _touch(tmp_path / "sqa" / "spoken_squad_test.parquet")
+    _touch(tmp_path / "nwp" / "en-de_train_processed.parquet")
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - Spoken_SQuAD:
+              datapath: {tmp_path / "sqa"}
+              task: SQA
+              partitions: {{test: {{destination: test}}}}
+          - Giga_NWP:
+              datapath: {tmp_path / "nwp"}
+              task: ASR
+              languages: [en-de]
+              partitions: {{train: {{destination: train}}}}
+        """,
+    )
+    cfg = load_data_config(p)
+    sqa, nwp = cfg.sources
+    assert sqa.task == "SQA" and sqa.columns["question"] == "question"
+    assert (
+        nwp.columns["word_boundaries"] == "word_boundaries" and nwp.columns["transcript"] == "transcription"
+    )
+
+
+def test_generic_parquet_with_columns_and_glob(tmp_path):
+    for shard in ("a", "b"):
+        _touch(tmp_path / "corpus" / f"train-{shard}.parquet")
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - Parquet:
+              datapath: {tmp_path / "corpus"}
+              task: ASR
+              files: "{{partition}}-*.parquet"
+              columns: {{transcript: text, duration: seconds}}
+              partitions: {{train: {{destination: train}}}}
+        """,
+    )
+    sources = load_data_config(p).sources
+    assert [s.path.name for s in sources] == ["train-a.parquet", "train-b.parquet"]
+    assert sources[0].columns["transcript"] == "text" and sources[0].columns["audio"] == "audio"
+
+
+def test_registry_is_explicit():
+    assert set(DATASET_TYPES) == {
+        "MuSTC",
+        "MuSTC_NWP",
+        "Gigaspeech",
+        "Giga_NWP",
+        "MLS",
+        "Spoken_SQuAD",
+        "Parquet",
+    }
+
+
+# ----------------------------------------------------------------------------- errors
+_BASE = """
+DATA:
+  - MuSTC:
+      datapath: {root}
+      task: ST
+      languages: [en-de]
+      partitions:
+        train:
+          amount: ":100%"
+          destination: train
+  - MuSTC:
+      datapath: {root}
+      task: {task}
+      languages: {languages}
+      partitions:
+        train:
+          amount: "{amount}"
+          min_duration: {min_duration}
+          max_duration: 10
+          destination: {destination}
+"""
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        (
+            dict(amount="abc"),
+            r'data\.yml: DATA\[1\]\.MuSTC\.partitions\.train\.amount: expected ":X%" or "X1:X2%", got \'abc\'',
+        ),
+        (dict(task="SQA"), r"DATA\[1\]\.MuSTC\.task: expected one of \['ASR', 'ST'\]"),
+        (dict(languages="[en]"), r"DATA\[1\]\.MuSTC\.languages\[0\]: .*needs a \"src-tgt\" pair"),
+        (dict(languages="en-de"), None),  # a single string is accepted
+        (
+            dict(min_duration="-1"),
+            r"DATA\[1\]\.MuSTC\.partitions\.train\.min_duration: expected a non-negative",
+        ),
+        (dict(min_duration="20"), r"min_duration 20 is larger than max_duration 10"),
+        (dict(min_duration="fast"), r"min_duration: expected a number, got 'fast'"),
+        (
+            dict(destination="dev"),
+            r"partitions\.train\.destination: expected one of \['train', 'eval', 'test'\]",
+        ),
+    ],
+)
+def test_field_errors(tmp_path, mustc, override, match):
+    values = dict(
+        root=mustc, task="ASR", languages="[en-de]", amount=":50%", min_duration="1", destination="eval"
+    )
+    values.update(override)
+    p = _write(tmp_path, _BASE.format(**values))
+    if match is None:
+        load_data_config(p)
+        return
+    with pytest.raises(ConfigError, match=match):
+        load_data_config(p)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("DATA: []", r"data\.yml: DATA: expected a non-empty list"),
+        ("foo: 1\nDATA: []", r"data\.yml: foo: unknown key"),
+        (
+            "DATA:\n  - Librispeech: {}",
+            r"DATA\[0\]: unknown dataset type 'Librispeech'; known types: \['MuSTC'",
+        ),
+        ("DATA: [: bad", r"data\.yml: invalid YAML"),
+        ("- just a list", r"expected a mapping"),
+        (
+            "DATA:\n  - MuSTC: {datapath: x, task: ASR, languages: [en-de], partitions: {train: {amout: ':1%', destination: train}}}",
+            r"DATA\[0\]\.MuSTC\.partitions\.train\.amout: unknown key",
+        ),
+        (
+            "DATA:\n  - MuSTC: {datapath: x, task: ASR, languages: [en-de], partitions: {train: {amount: ':1%'}}}",
+            r"partitions\.train\.destination: missing",
+        ),
+        (
+            "DATA:\n  - MuSTC: {datapath: x, task: ASR, languages: [en-de], partitions: {train: {destination: train, weight: 0}}}",
+            r"partitions\.train\.weight: expected a positive number",
+        ),
+        (
+            "DATA:\n  - MuSTC: {task: ASR, languages: [en-de], partitions: {train: {destination: train}}}",
+            r"DATA\[0\]\.MuSTC\.datapath: expected a folder path",
+        ),
+        (
+            "DATA:\n  - Parquet: {datapath: x, task: ASR, columns: {speech: a}, partitions: {train: {destination: train}}}",
+            r"DATA\[0\]\.Parquet\.columns\.speech: unknown field",
+        ),
+        (
+            "DATA:\n  - Parquet: {datapath: x, task: ASR, files: '{split}.parquet', partitions: {train: {destination: train}}}",
+            r"DATA\[0\]\.Parquet\.files\[0\]: bad template",
+        ),
+        ("INPUTS_TEXT_LIST: nowhere.json\nDATA: []", r"INPUTS_TEXT_LIST: prompt file not found"),
+    ],
+)
+def test_structural_errors(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_data_config(_write(tmp_path, text))
+
+
+def test_missing_parquet_names_path(tmp_path):
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - MuSTC:
+              datapath: {tmp_path / "absent"}
+              task: ASR
+              languages: [en-fr]
+              partitions: {{dev: {{destination: eval}}}}
+        """,
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"DATA\[0\]\.MuSTC\.partitions\.dev: parquet file not found: .*absent/en-fr/dev\.parquet",
+    ):
+        load_data_config(p)
+    assert load_data_config(p, check_files=False).sources[0].path.name == "dev.parquet"
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="data config not found"):
+        load_data_config(tmp_path / "nope.yml")
+
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATES = [
+    "scripts/data_configs/pretrain_asr_mustc_giga.yml",
+    "scripts/data_configs/pretrain_mixed_nwp_mustc_giga.yml",
+    "scripts/data_configs/finetune_mixed_tasks.yml",
+    "eval/mustc_tst_common_asr.yml",
+    "eval/mustc_tst_common_st.yml",
+    "eval/spoken_squad_test.yml",
+]
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_shipped_real_data_templates_parse(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("DATA_ROOT", str(tmp_path))
+    cfg = load_data_config(REPO / name, check_files=False)
+    for src in cfg.sources:
+        _touch(src.path)
+    cfg = load_data_config(REPO / name)  # every file the template names is found where it says
+    assert cfg.sources and all(str(s.path).startswith(str(tmp_path)) for s in cfg.sources)
+    if name.startswith("eval/"):
+        assert {s.partition.destination for s in cfg.sources} == {"test"}

@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import soundfile as sf
+
+from llava.dataset.audio import decode_audio
+from llava.dataset.dataset import SpeechDataset
+from llava.dataset.importers import ImportFormatError, import_nemo, import_slam, main, write_parquet
+
+
+def _tone(seconds: float, freq: float, sr: int) -> np.ndarray:
+    t = np.arange(int(round(seconds * sr))) / sr
+    return (0.4 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("\n".join(r if isinstance(r, str) else json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+@pytest.fixture
+def wavs(tmp_path: Path) -> Path:
+    (tmp_path / "wav").mkdir()
+    sf.write(tmp_path / "wav" / "long.wav", _tone(2.0, 300, 16000), 16000)
+    sf.write(tmp_path / "wav" / "b.flac", _tone(0.5, 500, 8000), 8000)
+    return tmp_path
+
+
+def test_nemo_roundtrip_with_offsets_and_prompt(wavs):
+    manifest = _jsonl(
+        wavs / "sqa.jsonl",
+        [
+            {
+                "audio_filepath": "wav/long.wav",
+                "offset": 0.5,
+                "duration": 1.0,
+                "question": "Who?",
+                "answer": "Bo",
+            },
+            {"audio_filepath": str(wavs / "wav" / "b.flac"), "context": "Where?", "answer": " here "},
+        ],
+    )
+    (wavs / "prompt.txt").write_text("Answer using the audio. Question: {context}")
+    out = wavs / "out" / "spoken_squad_train.parquet"
+    assert import_nemo(manifest, out, prompt_file=wavs / "prompt.txt") == 2
+    table = pq.read_table(out).to_pylist()
+    assert [r["question"] for r in table] == [
+        "Answer using the audio. Question: Who?\n<audio>",
+        "Answer using the audio. Question: Where?\n<audio>",
+    ]
+    assert [r["answer"] for r in table] == ["Bo", "here"]
+    assert table[0]["duration"] == pytest.approx(1.0) and table[1]["duration"] == pytest.approx(0.5)
+    cut = decode_audio(table[0]["audio"], 16000)
+    np.testing.assert_allclose(cut, _tone(2.0, 300, 16000)[8000:24000], atol=1e-4)  # offset 0.5 s, 1 s long
+    assert len(decode_audio(table[1]["audio"], 16000)) == 8000  # 8 kHz stored as is, resampled on decode
+    assert not list(out.parent.glob(".*.tmp"))  # written atomically, no temp file left
+
+    # the imported file is a Spoken_SQuAD source as is
+    cfg = wavs / "data.yml"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+            DATA:
+              - Spoken_SQuAD:
+                  datapath: {out.parent}
+                  task: SQA
+                  partitions: {{train: {{destination: test}}}}
+            """
+        )
+    )
+    ds = SpeechDataset.from_config(cfg, "test")
+    assert ds[0]["prompt"] == table[0]["question"] and ds[0]["target"] == "Bo"
+
+
+def test_slam_roundtrip(wavs):
+    data = _jsonl(
+        wavs / "asr.jsonl",
+        [
+            {"key": "u1", "source": "wav/long.wav", "target": "hello there"},
+            {"key": 2, "source": "wav/b.flac", "target": "x"},
+        ],
+    )
+    out = wavs / "slam.parquet"
+    assert main(["slam", str(data), str(out), "--audio-format", "wav"]) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["key"], r["transcript"]) for r in rows] == [("u1", "hello there"), ("2", "x")]
+    assert rows[0]["duration"] == pytest.approx(2.0)
+    np.testing.assert_allclose(decode_audio(rows[0]["audio"], 16000), _tone(2.0, 300, 16000), atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("{not json", r"bad\.jsonl:2: invalid JSON"),
+        ('["a"]', r"bad\.jsonl:2: expected a JSON object"),
+        (
+            '{"audio_filepath": "wav/b.flac", "answer": "a"}',
+            r"bad\.jsonl:2: missing field 'question' or 'context'",
+        ),
+        ('{"audio_filepath": "wav/b.flac", "question": "q"}', r"bad\.jsonl:2: missing field 'answer'"),
+        (
+            '{"audio_filepath": "wav/none.wav", "question": "q", "answer": "a"}',
+            r"bad\.jsonl:2: cannot read audio",
+        ),
+        (
+            '{"audio_filepath": "wav/b.flac", "question": "q", "answer": "a", "offset": -1}',
+            r"bad\.jsonl:2: field 'offset'",
+        ),
+        (
+            '{"audio_filepath": "wav/b.flac", "question": "q", "answer": "a", "offset": 9}',
+            r"bad\.jsonl:2: audio .* is empty",
+        ),
+    ],
+)
+def test_nemo_bad_line_names_file_and_line(wavs, line, match):
+    good = json.dumps({"audio_filepath": "wav/b.flac", "question": "q", "answer": "a"})
+    manifest = _jsonl(wavs / "bad.jsonl", [good, line])
+    out = wavs / "bad.parquet"
+    with pytest.raises(ImportFormatError, match=match):
+        import_nemo(manifest, out)
+    assert not out.exists() and not list(wavs.glob(".bad.parquet.*"))
+
+
+def test_slam_bad_line_and_cli_exit_code(wavs, capsys):
+    data = _jsonl(wavs / "s.jsonl", [{"key": "a", "source": "wav/b.flac"}])
+    with pytest.raises(ImportFormatError, match=r"s\.jsonl:1: missing field 'target'"):
+        import_slam(data, wavs / "s.parquet")
+    assert main(["slam", str(data), str(wavs / "s.parquet")]) == 2
+    assert "s.jsonl:1: missing field 'target'" in capsys.readouterr().err
+
+
+def test_cli_module_entry(wavs):
+    manifest = _jsonl(wavs / "m.jsonl", [{"audio_filepath": "wav/b.flac", "question": "q", "answer": "a"}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.dataset.importers", "nemo", str(manifest), str(wavs / "m.parquet")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 1 rows" in proc.stdout
+
+
+def test_write_parquet_types(tmp_path):
+    rows = [{"audio": {"bytes": b"x", "path": None}, "n": i} for i in range(5)]
+    write_parquet(rows, tmp_path / "t.parquet", row_group_size=2)
+    table = pq.read_table(tmp_path / "t.parquet")
+    assert str(table.schema.field("audio").type) == "struct<bytes: binary, path: string>"
+    assert pq.ParquetFile(tmp_path / "t.parquet").metadata.num_row_groups == 3
+    with pytest.raises(ValueError, match="nothing to write"):
+        write_parquet([], tmp_path / "e.parquet")

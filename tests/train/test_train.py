@@ -1,0 +1,157 @@
+"""The training entry point end to end on tiny models: resume, scripts, multi-process, bad input."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from llava.train import train as train_mod
+
+REPO = Path(__file__).resolve().parents[2]
+TINY_PROJECTOR = [
+    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
+    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
+]  # fmt: skip
+
+
+def _args(base_dirs, corpus, out, *extra):
+    enc, llm = base_dirs
+    return [
+        "--model_name_or_path", str(llm), "--audio_encoder", str(enc),
+        "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
+        "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
+        "--disable_tqdm", "True", *TINY_PROJECTOR, *extra,
+    ]  # fmt: skip
+
+
+def _weights(d):
+    return load_file(str(Path(d) / "model.safetensors"))
+
+
+def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_base_dirs, tiny_corpus):
+    common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--contrastive_training", "True",
+              "--contrastive_layer", "all", "--contr_asr_combine_loss", "True", "--position_shift", "True"]  # fmt: skip
+    straight = tmp_path / "straight"
+    train_mod.main(_args(tiny_base_dirs, tiny_corpus, straight, *common))
+    # A run killed after its step-2 checkpoint leaves exactly that checkpoint behind.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    train_mod.main(
+        _args(
+            tiny_base_dirs,
+            tiny_corpus,
+            resumed,
+            *common,
+            "--resume_from_checkpoint",
+            str(resumed / "checkpoint-2"),
+        )
+    )
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys() and all(k.startswith("projector.") for k in a)
+    for k in a:
+        # Same data, same RNG: equal up to float summation order (differences seen: ~1e-10).
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-7)
+    mid = _weights(straight / "checkpoint-2")
+    assert any(not torch.equal(a[k], mid[k]) for k in a)  # the last two steps really trained
+
+
+def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch):
+    from llava.train import trainer as trainer_mod
+
+    real = trainer_mod.compute_objective
+    calls = {"n": 0}
+
+    def sometimes_nan(model, batch, objective, rng, temperature=None):
+        loss, terms = real(model, batch, objective, rng, temperature)
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            loss = loss * float("nan")
+        return loss, terms
+
+    monkeypatch.setattr(trainer_mod, "compute_objective", sometimes_nan)
+    t = train_mod.main(_args(tiny_base_dirs, tiny_corpus, tmp_path / "a", "--max_steps", "4"))
+    assert t.nonfinite_steps == 2
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "a").values())
+
+    monkeypatch.setattr(trainer_mod, "compute_objective", lambda m, b, o, r, temperature=None: (
+        real(m, b, o, r, temperature)[0] * float("inf"), {}))  # fmt: skip
+    with pytest.raises(trainer_mod.NonFiniteLossError, match="non-finite"):
+        train_mod.main(
+            _args(
+                tiny_base_dirs, tiny_corpus, tmp_path / "b", "--max_steps", "6", "--max_nonfinite_steps", "3"
+            )
+        )
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--contrastive_training", "True", "--per_device_train_batch_size", "1"], "at least 2"),
+        (["--contrastive_training", "True", "--contrastive_layer", "7"], "7"),
+        (["--contrastive_training", "True", "--contrastive_mode", "dot"], "contrastive_mode"),
+        (["--audio_nwp", "True"], "word_boundaries"),
+        (["--mm_speech_projector_type", "perceiver"], "unknown projector type"),
+    ],
+)
+def test_bad_settings_fail_before_training(tmp_path, tiny_base_dirs, tiny_corpus, extra, match):
+    with pytest.raises(ValueError, match=match):
+        train_mod.main(_args(tiny_base_dirs, tiny_corpus, tmp_path / "x", "--max_steps", "1", *extra))
+    assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "DATA:\n  - MuSTC:\n      datapath: /nowhere\n      task: ASR\n      partitions: {train: {amount: 'lots'}}\n"
+    )
+    args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "x", "--max_steps", "1")
+    args[args.index("--data_config_path") + 1] = str(bad)
+    with pytest.raises(ValueError, match=r"bad\.yml.*amount"):
+        train_mod.main(args)
+
+
+SCRIPTS = sorted(p.stem for p in (REPO / "scripts" / "pretrain").glob("*.sh"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_pretrain_script_runs_a_few_steps(tmp_path, tiny_base_dirs, tiny_corpus, script):
+    if "wasser" in script:
+        pytest.importorskip("geomloss")
+    enc, llm = tiny_base_dirs
+    mixed = "mixed" in script
+    env = dict(
+        os.environ,
+        MODEL_PATH=str(llm),
+        AUDIO_ENCODER=str(enc),
+        DATA_CONFIG=str(tiny_corpus / "configs" / ("pretrain_mixed.yml" if mixed else "pretrain_asr.yml")),
+        OUTPUT_DIR=str(tmp_path / "out"),
+        NUM_GPUS="0",
+    )
+    cmd = ["bash", str(REPO / "scripts" / "pretrain" / f"{script}.sh"), "--max_steps", "2",
+           "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
+           "--disable_tqdm", "True", *TINY_PROJECTOR]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "out" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_ddp_run(tmp_path, tiny_base_dirs, tiny_corpus):
+    args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "ddp", "--max_steps", "2", "--contrastive_training", "True",
+                 "--contrastive_layer", "all", "--contrastive_gather", "True", "--save_strategy", "no")  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(REPO / "llava" / "train" / "train.py"), *args]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    w = _weights(tmp_path / "ddp")
+    assert all(torch.isfinite(v).all() for v in w.values())
