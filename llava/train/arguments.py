@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments as HfTrainingArguments
 
 
@@ -137,3 +138,11 @@ class TrainingArguments(HfTrainingArguments):
     logging_steps: float = 10
     save_strategy: str = "epoch"
     save_total_limit: int | None = 2
+
+    def __post_init__(self) -> None:
+        # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;
+        # otherwise torchrun would start independent, unsynchronised processes. DeepSpeed keeps its
+        # own engine (and its own process group) either way.
+        if not self.use_cpu and not self.deepspeed and not torch.cuda.is_available():
+            self.use_cpu = True
+        super().__post_init__()

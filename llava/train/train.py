@@ -35,7 +35,7 @@ from llava.model.builder import (
 )
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.objectives import objective_from_args
-from llava.train.trainer import SpeechTrainer
+from llava.train.trainer import SpeechTrainer, data_parallel_world
 
 logger = logging.getLogger("llava.train")
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     model_args, data_args, loss_args, training_args = parse_args(argv)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        level=logging.INFO if training_args.process_index == 0 else logging.WARNING,
+        level=logging.INFO if int(os.environ.get("RANK", "0")) == 0 else logging.WARNING,
     )
     set_seed(training_args.seed)
 
@@ -169,9 +169,12 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         max_nonfinite_steps=loss_args.max_nonfinite_steps,
         batch_max_seconds=data_args.batch_max_seconds,
     )
+    world, rank = data_parallel_world()
+    logger.info("data-parallel processes: %d (this is rank %d)", world, rank)
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
-    if trainer.is_world_process_zero():
+    if data_parallel_world()[1] == 0:
+        trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
         logger.info("data: %s", train_ds.skips.summary())
         if trainer.skipped_samples:
             logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))

@@ -99,12 +99,13 @@ class SpeechTrainer(Trainer):
         """Duration-bucketed batches (less padding); rank-aware, deterministic per epoch, so the
         Trainer's resume (skip the first k batches of the epoch) lands on exactly the same data."""
         args = self.args
+        world, rank = data_parallel_world()
         sampler = DurationBatchSampler(
             self.train_dataset.durations,
             max_batch_seconds=self.batch_max_seconds or None,
             batch_size=args.per_device_train_batch_size if not self.batch_max_seconds else None,
-            num_replicas=args.world_size,
-            rank=args.process_index,
+            num_replicas=world,
+            rank=rank,
             seed=args.seed,
             shuffle=True,
             drop_last=args.dataloader_drop_last,
@@ -129,6 +130,8 @@ class SpeechTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         """Write trainable weights + config only (never the frozen encoder or LLM)."""
         output_dir = output_dir or self.args.output_dir
+        if data_parallel_world()[1] != 0:
+            return
         model = self.accelerator.unwrap_model(self.model)
         if state_dict is not None:  # DeepSpeed ZeRO-3 hands over the gathered full state dict
             names = set(model.trainable_state_dict())
@@ -144,6 +147,17 @@ class SpeechTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def data_parallel_world() -> tuple[int, int]:
+    """(world size, rank) of the data-parallel group actually running.
+
+    Taken from torch.distributed rather than TrainingArguments: with DeepSpeed on CPU the arguments
+    report a single process while the engine averages gradients over all of them.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size(), torch.distributed.get_rank()
+    return 1, 0
 
 
 def _zero_loss(model) -> torch.Tensor:
