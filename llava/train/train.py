@@ -77,6 +77,19 @@ def lora_settings(model_args: ModelArguments) -> LoraSettings:
     )
 
 
+def check_word_boundaries(data_config) -> None:
+    """Mixed speech-text NWP cuts audio at word boundaries: every training file must have them."""
+    import pyarrow.parquet as pq
+
+    for spec in data_config.for_destination("train"):
+        column = spec.columns.get("word_boundaries", "word_boundaries")
+        if column not in pq.read_schema(spec.path).names:
+            raise ValueError(
+                f"--audio_nwp needs word_boundaries, but {spec.path} has no column {column!r}; add one with "
+                "`python -m llava.dataset.alignment` (CTC forced alignment)"
+            )
+
+
 def build_datasets(
     data_args: DataArguments, training_args: TrainingArguments, data_config, sampling_rate: int
 ):
@@ -115,6 +128,8 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
 
     # Fail on a malformed data config before loading gigabytes of weights.
     data_config = load_data_config(data_args.data_config_path)
+    if data_args.audio_nwp:
+        check_word_boundaries(data_config)
     if loss_args.contrastive_training and not loss_args.contrastive_gather:
         if data_args.batch_max_seconds <= 0 and training_args.per_device_train_batch_size < 2:
             raise ValueError(

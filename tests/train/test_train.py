@@ -111,7 +111,7 @@ def test_bad_settings_fail_before_training(tmp_path, tiny_base_dirs, tiny_corpus
 def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):
     bad = tmp_path / "bad.yml"
     bad.write_text(
-        "DATA:\n  - MuSTC:\n      datapath: /nowhere\n      task: ASR\n      partitions: {train: {amount: 'lots'}}\n"
+        "DATA:\n  - MuSTC:\n      datapath: /nowhere\n      task: ASR\n      languages: [en-de]\n      partitions: {train: {amount: 'lots'}}\n"
     )
     args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "x", "--max_steps", "1")
     args[args.index("--data_config_path") + 1] = str(bad)
@@ -145,13 +145,32 @@ def test_pretrain_script_runs_a_few_steps(tmp_path, tiny_base_dirs, tiny_corpus,
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
+def _two_process_run(tmp_path, base_dirs, corpus, name, port, *extra):
+    args = _args(base_dirs, corpus, tmp_path / name, "--max_steps", "2", "--contrastive_training", "True",
+                 "--contrastive_layer", "all", "--contrastive_gather", "True", "--save_strategy", "no", *extra)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+           str(REPO / "llava" / "train" / "train.py"), *args]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "data-parallel processes: 2" in proc.stdout + proc.stderr
+    w = _weights(tmp_path / name)
+    assert all(torch.isfinite(v).all() for v in w.values())
+
+
 @pytest.mark.slow
 def test_two_process_ddp_run(tmp_path, tiny_base_dirs, tiny_corpus):
-    args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "ddp", "--max_steps", "2", "--contrastive_training", "True",
-                 "--contrastive_layer", "all", "--contrastive_gather", "True", "--save_strategy", "no")  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           str(REPO / "llava" / "train" / "train.py"), *args]  # fmt: skip
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    w = _weights(tmp_path / "ddp")
-    assert all(torch.isfinite(v).all() for v in w.values())
+    _two_process_run(tmp_path, tiny_base_dirs, tiny_corpus, "ddp", 29517)
+
+
+@pytest.mark.slow
+def test_two_process_deepspeed_zero2_run(tmp_path, tiny_base_dirs, tiny_corpus):
+    pytest.importorskip("deepspeed")
+    _two_process_run(
+        tmp_path,
+        tiny_base_dirs,
+        tiny_corpus,
+        "zero2",
+        29519,
+        "--deepspeed",
+        str(REPO / "conf" / "zero2.json"),
+    )
