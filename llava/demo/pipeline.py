@@ -216,30 +216,26 @@ class Study:
         return run_phase(name, self.out / name, work, self.timings)
 
     def evaluate(self, variant: str, seed: int, corpus: Path, model_dir: Path) -> Path:
+        """The same `evaluate` as `llava/eval/eval.py`, in-process: one model load for all test sets."""
         name = f"seed{seed}/eval/{variant}"
 
         def work(tmp: Path) -> None:
+            from llava.eval.eval import evaluate
+            from llava.eval.generation import GenerationSettings
+            from llava.model import load_pretrained_model
+
+            model, tokenizer = load_pretrained_model(model_dir)
             for task, config in EVAL_SETS.items():
-                run_command(
-                    f"{name}/{task}",
-                    [
-                        python(),
-                        str(REPO / "llava" / "eval" / "eval.py"),
-                        "--model-path",
-                        str(model_dir),
-                        "--dataset",
-                        str(corpus / "configs" / config),
-                        "--results-dir",
-                        str(tmp / task),
-                        "--batch-size",
-                        "16",
-                        "--max-new-tokens",
-                        "60",
-                        "--limit",
-                        str(self.budget.eval_limit),
-                        "--no-progress",
-                    ],  # fmt: skip
-                    tmp / f"eval_{task}.log",
+                evaluate(
+                    model,
+                    tokenizer,
+                    corpus / "configs" / config,
+                    tmp / task,
+                    settings=GenerationSettings(max_new_tokens=60),
+                    batch_size=16,
+                    limit=self.budget.eval_limit,
+                    model_path=str(model_dir),
+                    progress=False,
                 )
 
         return run_phase(name, self.out / name, work, self.timings)
