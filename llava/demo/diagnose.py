@@ -6,7 +6,7 @@ import itertools
 from pathlib import Path
 
 from llava.dataset.dataset import SpeechDataset
-from llava.eval.eval import alignment_eval, write_alignment
+from llava.eval.alignment import alignment_eval, write_alignment
 from llava.model import load_pretrained_model
 
 

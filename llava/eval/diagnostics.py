@@ -19,10 +19,11 @@ vectors alike, a common failure) thus score R@1 = 0 rather than a lucky 1.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 
 import torch
+
+from llava.fileio import atomic_path
 
 __all__ = [
     "TIE_TOLERANCE",
@@ -206,16 +207,6 @@ def plot_layerwise(results: Mapping[int, Mapping[str, float]], path: str | os.Pa
         ax.set_xticks(layers)
         ax.grid(alpha=0.3)
 
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fmt = os.path.splitext(path)[1].lstrip(".") or "png"
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix="." + fmt)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".") or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=120)

@@ -28,24 +28,21 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from llava.constants import AUDIO_TOKEN
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.config import ConfigError, load_data_config
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.prompts import PromptBank
 from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH, SkipCounter
 from llava.dataset.sources import ParquetSource
-from llava.eval.diagnostics import AlignmentAccumulator, plot_layerwise
+from llava.eval.alignment import NO_LENGTH_LIMIT, alignment_eval, write_alignment
 from llava.eval.generation import (
     GenerationSettings,
     add_generation_arguments,
@@ -56,7 +53,7 @@ from llava.eval.generation import (
     stop_token_ids,
 )
 from llava.eval.metrics import SCORERS, score
-from llava.losses.contrastive import masked_mean_pool, resolve_layers
+from llava.fileio import atomic_write_text
 
 __all__ = [
     "EvalOptions",
@@ -75,7 +72,6 @@ logger = logging.getLogger("llava.eval")
 # Field of the raw parquet row that holds the reference, per task (for rows whose audio failed).
 _REFERENCE_FIELD = {"ASR": "transcript", "ST": "translation", "SQA": "answer", "INSTRUCT": "target"}
 # No prompt + audio fits this many tokens: the collator must never drop a test utterance for length.
-_NO_LENGTH_LIMIT = 1 << 30
 
 
 # ----------------------------------------------------------------------------------- test sets
@@ -205,21 +201,6 @@ def _append(path: Path, records: Iterable[dict]) -> None:
         os.fsync(fh.fileno())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def score_predictions(
     records: dict[str, dict], expected_ids: Sequence[str], task: str, comet_model: str | None = None
 ) -> dict[str, Any]:
@@ -282,7 +263,7 @@ def _run_generation(
         model.num_audio_tokens,
         inference=True,
         padding_side=opts.padding_side,
-        max_length=_NO_LENGTH_LIMIT,
+        max_length=NO_LENGTH_LIMIT,
     )
     stops = stop_token_ids(tokenizer, model)
     # Longest first: similar lengths share a batch (little padding) and memory peaks early.
@@ -328,7 +309,7 @@ def _check_run_settings(path: Path, settings: dict, overwrite: bool) -> None:
                 f"{path}: the predictions there were made with other settings ({', '.join(changed)}); "
                 "use another --results-dir, or --overwrite to start this test set over"
             )
-    _atomic_write(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(settings, indent=2, sort_keys=True) + "\n")
 
 
 # ----------------------------------------------------------------------------------- evaluation
@@ -402,7 +383,7 @@ def evaluate(
         for ts in test_sets:
             scores = _evaluate_test_set(model, tokenizer, ts, results_dir, opts)
             scores["dataset"] = str(dataset_config_path)
-            _atomic_write(
+            atomic_write_text(
                 results_dir / f"{ts.stem}_scores.json",
                 json.dumps(scores, indent=2, ensure_ascii=False) + "\n",
             )
@@ -440,7 +421,7 @@ def _evaluate_test_set(
     # Dataset order, whatever the batching or interruptions were; lines beyond `limit` are kept.
     wanted = set(expected)
     ordered = [records[i] for i in expected] + [r for k, r in records.items() if k not in wanted]
-    _atomic_write(preds_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+    atomic_write_text(preds_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
     scores.update(
         stem=ts.stem,
         config_field=ts.field,
@@ -465,79 +446,6 @@ def _headline(scores: dict) -> str:
     keys = ("wer", "wer_utt_mean", "bleu", "chrf", "comet", "exact_match", "f1")
     parts = [f"{k}={scores[k]:.2f}" for k in keys if isinstance(scores.get(k), float)]
     return " ".join(parts + [f"n={scores['num_predictions']}", f"failed={scores['num_failed']}"])
-
-
-# ----------------------------------------------------------------------------------- alignment
-@torch.no_grad()
-def alignment_eval(
-    model: Any,
-    tokenizer: Any,
-    samples_or_dataset: Iterable[dict | None],
-    layers: str | int | Sequence[int] | None = "all",
-    batch_size: int = 8,
-    progress: bool = False,
-) -> dict[int, dict[str, float]]:
-    """Layer-wise speech/text alignment of utterances with transcripts (`llava.eval.diagnostics`).
-
-    Speech side: the projector outputs alone run through the LLM; text side: the transcript's token
-    embeddings alone (no BOS, prompt or end token) through the LLM. Both are mean-pooled over their
-    valid positions at each layer (0 = input embeddings). Samples without a transcript (or None) are
-    skipped. Returns `{layer: metrics}`; needs at least 2 usable samples.
-    """
-    layer_list = resolve_layers("all" if layers is None else layers, model.num_llm_layers)
-    collator = SpeechCollator(
-        tokenizer, model.num_audio_tokens, with_transcript=True, inference=True, max_length=_NO_LENGTH_LIMIT
-    )
-    acc = AlignmentAccumulator()
-    was_training = model.training
-    model.eval()
-    try:
-        chunk: list[dict] = []
-        bar = tqdm(desc="alignment", unit="utt", disable=not progress)
-        for sample in samples_or_dataset:
-            if sample is None or not str(sample.get("transcript") or "").strip():
-                continue
-            chunk.append(sample if sample.get("prompt") else dict(sample, prompt=AUDIO_TOKEN))
-            if len(chunk) == batch_size:
-                _alignment_batch(model, collator, chunk, layer_list, acc)
-                bar.update(len(chunk))
-                chunk = []
-        if chunk:
-            _alignment_batch(model, collator, chunk, layer_list, acc)
-            bar.update(len(chunk))
-        bar.close()
-    finally:
-        model.train(was_training)
-    if len(acc) < 2:
-        raise ValueError(f"alignment needs at least 2 utterances with transcripts, got {len(acc)}")
-    return acc.compute()
-
-
-def _alignment_batch(model, collator, samples, layers, acc: AlignmentAccumulator) -> None:
-    batch = collator(samples)
-    device = model.device
-    tower_dtype = next(model.audio_tower.parameters()).dtype
-    embeds, audio_mask = model.embed_audio(
-        batch["audio_values"].to(device, tower_dtype), batch["audio_lengths"].to(device)
-    )  # [B, Q, D], [B, Q]
-    speech_mask = audio_mask.long()
-    speech_h = model.llm_hidden_states(embeds, speech_mask, layers)
-    text_ids = batch["text_input_ids"].to(device)  # [B, Lt]
-    text_mask = batch["text_attention_mask"].to(device)  # [B, Lt]
-    text_embeds = model.language_model.get_input_embeddings()(text_ids)
-    text_h = model.llm_hidden_states(text_embeds, text_mask, layers)
-    acc.add(
-        {layer: masked_mean_pool(text_h[layer], text_mask) for layer in layers},
-        {layer: masked_mean_pool(speech_h[layer], speech_mask) for layer in layers},
-    )
-
-
-def write_alignment(results: dict[int, dict[str, float]], prefix: str | os.PathLike) -> None:
-    """`{prefix}_alignment.json` and `{prefix}_alignment.png` (both written atomically)."""
-    prefix = Path(prefix)
-    payload = {"layers": {str(layer): metrics for layer, metrics in sorted(results.items())}}
-    _atomic_write(prefix.with_name(prefix.name + "_alignment.json"), json.dumps(payload, indent=2) + "\n")
-    plot_layerwise(results, prefix.with_name(prefix.name + "_alignment.png"))
 
 
 # ----------------------------------------------------------------------------------- command line

@@ -11,29 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from llava.fileio import atomic_path, atomic_write_text
 from llava.model.configuration import SpeechLlavaConfig
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_trainable(model, out_dir: str | os.PathLike) -> Path:
@@ -43,9 +31,9 @@ def save_trainable(model, out_dir: str | os.PathLike) -> Path:
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.trainable_state_dict().items()}
     if not state:
         raise ValueError("the model has no trainable parameters: nothing to save")
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(state, p, metadata={"format": "pt"}))
-    config_json = model.config.to_json_string(use_diff=False)
-    _atomic_write(out / CONFIG_NAME, lambda p: Path(p).write_text(config_json))
+    with atomic_path(out / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    atomic_write_text(out / CONFIG_NAME, model.config.to_json_string(use_diff=False))
     return out
 
 

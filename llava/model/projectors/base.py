@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import abc
+
 import torch
 from torch import nn
 
 
-class Projector(nn.Module):
+class Projector(nn.Module, abc.ABC):
     """Maps encoder frames to LLM input embeddings.
 
     forward: feats [B, T, De], mask [B, T] bool -> embeds [B, Q, Dl], mask [B, Q] bool
@@ -14,8 +16,9 @@ class Projector(nn.Module):
     the collator uses it to decide how many placeholder tokens each audio segment gets.
     """
 
+    @abc.abstractmethod
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """Valid output positions for `frame_lengths` valid encoder frames ([B] long)."""
 
     @staticmethod
     def fold(feats: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
