@@ -231,7 +231,7 @@ class Study:
                     tokenizer,
                     corpus / "configs" / config,
                     tmp / task,
-                    settings=GenerationSettings(max_new_tokens=60),
+                    settings=GenerationSettings(max_new_tokens=40),
                     batch_size=16,
                     limit=self.budget.eval_limit,
                     model_path=str(model_dir),
