@@ -67,12 +67,12 @@ BUDGETS = {
     "default": Budget(
         "small",
         "small",
-        pretrain_steps=250,
-        finetune_steps=200,
-        batch_size=16,
+        pretrain_steps=100,
+        finetune_steps=60,
+        batch_size=8,
         learning_rate=1e-3,
-        eval_limit=100,
-        diag_limit=200,
+        eval_limit=48,
+        diag_limit=96,
     ),  # fmt: skip
 }
 
