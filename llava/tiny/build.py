@@ -56,29 +56,33 @@ class Budget:
     """How much compute one `--budget` spends."""
 
     vocab_size: int  # BPE vocabulary (bytes and special tokens included)
-    llm_seconds: float  # LLM training time
+    llm_args: dict  # `LlmTrainArgs` fields (time_budget_s, batch_size, ...)
+    encoder_args: dict  # `EncoderTrainArgs` fields
     llm_config: dict = field(default_factory=dict)  # overrides of `default_llm_config`
-    llm_batch_size: int = 16
-    encoder_seconds: float = 240.0  # encoder training time
     encoder_config: dict = field(default_factory=dict)  # overrides of `default_encoder_config`
+    chat_copies: int = 2  # each training row becomes this many conversations (different prompts)
     encoder_max_train: int | None = None  # training utterances used (None: all)
-    max_dev: int = 200  # dev utterances / conversations scored
+    max_dev: int = 200  # dev utterances / sentence pairs scored
     generation_dev: int = 40  # dev conversations per task answered greedily for the report
 
 
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
         vocab_size=800,
-        llm_seconds=10.0,
-        llm_config=dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512),
-        llm_batch_size=8,
-        encoder_seconds=15.0,
+        llm_args=dict(time_budget_s=10.0, batch_size=8),
+        encoder_args=dict(time_budget_s=15.0),
+        llm_config=dict(hidden_size=64, num_hidden_layers=2, intermediate_size=256),
         encoder_config=dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512),
+        chat_copies=1,
         encoder_max_train=300,
         max_dev=30,
         generation_dev=8,
     ),
-    "small": Budget(vocab_size=2000, llm_seconds=120.0, encoder_seconds=240.0),
+    "small": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=120.0),
+        encoder_args=dict(time_budget_s=300.0),
+    ),
 }
 
 
@@ -236,8 +240,19 @@ def _finished(model_dir: Path, stamp: dict) -> dict | None:
     return report if report.get("build") == stamp else None
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _install(tmp: Path, final: Path) -> None:
     """Move a finished temporary model directory into place (replacing an outdated one)."""
+    # Temporary directories and files are created private (0700/0600); give them the usual modes.
+    mask = _umask()
+    os.chmod(tmp, 0o777 & ~mask)
+    for f in tmp.iterdir():
+        os.chmod(f, 0o666 & ~mask)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -247,6 +262,7 @@ def _write_json(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(data, f, indent=2)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -265,7 +281,10 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
     rng = np.random.default_rng(seed)
     prompts = PromptBank.load()
     train_texts, dev_texts = read_texts(corpus, "train"), read_texts(corpus, "dev")
-    train_chats = chat_examples(train_texts, prompts, rng)
+    train_chats: dict[str, list] = {}
+    for _ in range(budget.chat_copies):
+        for task, convs in chat_examples(train_texts, prompts, rng).items():
+            train_chats.setdefault(task, []).extend(convs)
     dev_chats = chat_examples(dev_texts, prompts, None)
     all_train_chats = [c for convs in train_chats.values() for c in convs]
 
@@ -285,7 +304,7 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
             tokenizer,
             tmp,
             config=budget.llm_config,
-            args=LlmTrainArgs(time_budget_s=budget.llm_seconds, batch_size=budget.llm_batch_size, seed=seed),
+            args=LlmTrainArgs(**{"seed": seed, **budget.llm_args}),
         )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -326,7 +345,7 @@ def build_encoder(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dic
             dev,
             tmp,
             config=budget.encoder_config,
-            args=EncoderTrainArgs(time_budget_s=budget.encoder_seconds, seed=seed, max_dev=budget.max_dev),
+            args=EncoderTrainArgs(**{"seed": seed, "max_dev": budget.max_dev, **budget.encoder_args}),
         )
         report["decode_skipped"] = skipped
         report["audio_load_time_s"] = round(load_time, 1)
@@ -365,8 +384,8 @@ def build_all(
         "budget": budget,
         "seed": seed,
         "corpus": str(corpus.resolve()),
-        "llm_dir": str((out / "llm").resolve()),
-        "encoder_dir": str((out / "encoder").resolve()),
+        "llm_dir": "llm",  # relative to the report, so the output directory can be moved
+        "encoder_dir": "encoder",
         "llm": {k: v for k, v in llm.items() if k != "build"},
         "encoder": {k: v for k, v in encoder.items() if k != "build"},
         "summary": {

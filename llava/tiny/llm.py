@@ -63,6 +63,7 @@ class LlmTrainArgs:
     max_steps: int = 100_000  # step cap; whichever of this and the time budget ends first
     batch_size: int = 16  # blocks per step
     block_size: int = 256  # tokens per packed block
+    prompt_loss_weight: float = 1.0  # loss weight of conversation tokens before the final reply
     lr: float = 3e-3  # peak AdamW learning rate
     warmup_frac: float = 0.05  # linear warm-up over this fraction of the run, then cosine to 0
     weight_decay: float = 0.1
@@ -74,22 +75,45 @@ class LlmTrainArgs:
     log_every: int = 25  # steps between progress log lines
 
 
-def encode_example(example: TextExample, tokenizer: PreTrainedTokenizerBase) -> list[int]:
-    """Token ids of one example: BOS + text + end-of-text, or the chat-template rendering."""
+def encode_example(
+    example: TextExample, tokenizer: PreTrainedTokenizerBase, prompt_weight: float = 1.0
+) -> tuple[list[int], list[float]]:
+    """Token ids of one example and their loss weights.
+
+    A plain text becomes BOS + text + end-of-text (all weight 1). A conversation is rendered with
+    the chat template; tokens of the final assistant reply (and its `<|eot_id|>`) weigh 1, the
+    tokens before it `prompt_weight`.
+    """
     if isinstance(example, str):
         ids = tokenizer(example)["input_ids"]
         if not ids or ids[0] != tokenizer.bos_token_id:  # tokenizers that do not add BOS themselves
             ids = [tokenizer.bos_token_id, *ids]
         end = tokenizer.convert_tokens_to_ids(EOS) if EOS in tokenizer.get_vocab() else tokenizer.eos_token_id
-        return [*ids, end]
+        return [*ids, end], [1.0] * (len(ids) + 1)
     text = tokenizer.apply_chat_template(example, tokenize=False)
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    n_prompt = 0
+    if prompt_weight != 1.0 and example and example[-1].get("role") == "assistant":
+        prefix = tokenizer.apply_chat_template(example[:-1], tokenize=False, add_generation_prompt=True)
+        prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        # The template ends the prefix with a header and "\n\n", so the reply's tokens start fresh.
+        if ids[: len(prefix_ids)] == prefix_ids:
+            n_prompt = len(prefix_ids)
+    return ids, [prompt_weight] * n_prompt + [1.0] * (len(ids) - n_prompt)
 
 
-def _stream(examples: Sequence[TextExample], tokenizer, rng: np.random.Generator | None) -> np.ndarray:
+def _stream(
+    examples: Sequence[TextExample], tokenizer, rng: np.random.Generator | None, prompt_weight: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """All examples (shuffled when `rng` is given) concatenated: token ids [N] and loss weights [N]."""
     order = rng.permutation(len(examples)) if rng is not None else range(len(examples))
-    ids = [encode_example(examples[i], tokenizer) for i in order]
-    return np.fromiter((t for doc in ids for t in doc), dtype=np.int64)
+    ids: list[int] = []
+    weights: list[float] = []
+    for i in order:
+        doc_ids, doc_weights = encode_example(examples[i], tokenizer, prompt_weight)
+        ids += doc_ids
+        weights += doc_weights
+    return np.asarray(ids, dtype=np.int64), np.asarray(weights, dtype=np.float32)
 
 
 def _lr_factor(progress: float, warmup_frac: float) -> float:
@@ -98,29 +122,57 @@ def _lr_factor(progress: float, warmup_frac: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup_frac) / (1.0 - warmup_frac))))
 
 
+def _weighted_nll(
+    logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum of weighted next-token NLLs and sum of weights; logits [B, L, V], ids/weights [B, L]."""
+    nll = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().flatten(0, 1), ids[:, 1:].flatten(), reduction="none"
+    )  # [B * (L-1)]
+    w = weights[:, 1:].flatten()
+    return (nll * w).sum(), w.sum()
+
+
 @torch.no_grad()
 def dev_loss(
-    model: LlamaForCausalLM, stream: np.ndarray, block_size: int, max_tokens: int, bf16: bool = False
+    model: LlamaForCausalLM,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TextExample],
+    prompt_weight: float = 1.0,
+    max_tokens: int = 65_536,
+    bf16: bool = False,
 ) -> float:
-    """Mean next-token NLL over consecutive `block_size` blocks of the dev token stream."""
-    n_blocks = min(len(stream) // block_size, max(1, max_tokens // block_size))
-    if n_blocks == 0:  # shorter than a block: score it whole
-        blocks = torch.from_numpy(stream)[None]
-    else:
-        blocks = torch.from_numpy(stream[: n_blocks * block_size]).view(n_blocks, block_size)  # [N, L]
+    """Weighted mean next-token NLL of `examples`, each scored on its own (no packing).
+
+    With `prompt_weight=0` only the final assistant replies of conversations count.
+    """
+    encoded = [encode_example(e, tokenizer, prompt_weight) for e in examples]
+    encoded = sorted(encoded, key=lambda e: len(e[0]))
+    budget, kept = max_tokens, []
+    for ids, weights in encoded:  # shortest first: the token cap drops the longest examples
+        if budget < len(ids) and kept:
+            break
+        kept.append((ids, weights))
+        budget -= len(ids)
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
-    for chunk in blocks.split(16):
+    total, count = 0.0, 0.0
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(kept), 16):
+        chunk = kept[start : start + 16]
+        width = max(len(ids) for ids, _ in chunk)
+        ids = torch.full((len(chunk), width), pad, dtype=torch.long)  # [b, L], right-padded
+        weights = torch.zeros((len(chunk), width))  # [b, L], 0 on padding
+        for row, (doc_ids, doc_weights) in enumerate(chunk):
+            ids[row, : len(doc_ids)] = torch.tensor(doc_ids)
+            weights[row, : len(doc_ids)] = torch.tensor(doc_weights)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(input_ids=chunk).logits  # [b, L, V]
-        nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].float().flatten(0, 1), chunk[:, 1:].flatten(), reduction="sum"
-        )
+            logits = model(input_ids=ids).logits  # [b, L, V]; causal: right padding changes nothing
+        nll, w = _weighted_nll(logits, ids, weights)
         total += float(nll)
-        count += chunk[:, 1:].numel()
+        count += float(w)
     model.train(was_training)
-    return total / max(count, 1)
+    return total / max(count, 1e-9)
 
 
 @torch.no_grad()
@@ -180,8 +232,7 @@ def train_tiny_llm(
     model = LlamaForCausalLM(default_llm_config(tokenizer, **(config or {})))
     model.train()
 
-    train_stream = _stream(train_examples, tokenizer, rng)
-    dev_stream = _stream(dev_examples, tokenizer, None) if dev_examples else None
+    train_stream, train_weights = _stream(train_examples, tokenizer, rng, args.prompt_loss_weight)
     block = min(args.block_size, len(train_stream) - 1)
     if block < 2:
         raise ValueError(f"training text too short: {len(train_stream)} tokens")
@@ -207,9 +258,11 @@ def train_tiny_llm(
         # Random windows of the packed stream: each step sees fresh document boundaries.
         starts = rng.integers(0, len(train_stream) - block, size=args.batch_size)
         batch = torch.from_numpy(np.stack([train_stream[s : s + block] for s in starts]))  # [B, L]
+        weights = torch.from_numpy(np.stack([train_weights[s : s + block] for s in starts]))  # [B, L]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(input_ids=batch).logits  # [B, L, V]
-        loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().flatten(0, 1), batch[:, 1:].flatten())
+        nll, w = _weighted_nll(logits, batch, weights)
+        loss = nll / w.clamp(min=1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
@@ -237,9 +290,14 @@ def train_tiny_llm(
         "final_train_loss": float(np.mean(losses[-args.log_every :])) if losses else None,
         "args": asdict(args),
     }
-    if dev_stream is not None and len(dev_stream) > 1:
-        nll = dev_loss(model, dev_stream, block, args.max_dev_tokens, args.bf16)
+    if dev_examples:
+        # Perplexity over every token, and over the assistant replies of the conversations alone.
+        nll = dev_loss(model, tokenizer, dev_examples, 1.0, args.max_dev_tokens, args.bf16)
         report.update(dev_loss=nll, dev_ppl=math.exp(nll))
+        chats = [e for e in dev_examples if not isinstance(e, str)]
+        if chats:
+            nll = dev_loss(model, tokenizer, chats, 0.0, args.max_dev_tokens, args.bf16)
+            report.update(dev_reply_loss=nll, dev_reply_ppl=math.exp(nll))
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,8 @@ def reloaded(tok, tmp_path_factory):
 
 
 @pytest.mark.parametrize(
-    "text", ["Der Bär trägt 2024 Äpfel über die Brücke.", "  two  spaces\n\nand lines ", "unseen wörds: ß ñ 中文 🙂"]
+    "text",
+    ["Der Bär trägt 2024 Äpfel über die Brücke.", "  two  spaces\n\nand lines ", "unseen wörds: ß ñ 中文 🙂"],
 )
 def test_round_trip(tok, text):
     ids = tok(text, add_special_tokens=False)["input_ids"]
@@ -79,7 +80,10 @@ def test_save_reload(tok, reloaded):
         tok.eos_token_id,
         tok.pad_token_id,
     )
-    messages = [{"role": "user", "content": "Translate: the cat"}, {"role": "assistant", "content": "die Katze"}]
+    messages = [
+        {"role": "user", "content": "Translate: the cat"},
+        {"role": "assistant", "content": "die Katze"},
+    ]
     text = reloaded.apply_chat_template(messages, tokenize=False)
     assert text == tok.apply_chat_template(messages, tokenize=False)
     # transformers 5 returns a BatchEncoding; the template's BOS is not doubled.
