@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from llava.tiny.tokenizer import train_bpe_tokenizer
+from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -138,7 +138,7 @@ def tiny_base_dirs(tmp_path_factory, tiny_tokenizer):
 def tiny_corpus(tmp_path_factory):
     """The synthetic spoken corpus at its smallest size (a few seconds to build)."""
     pytest.importorskip("espeakng_loader")
-    from llava.dataset.synth.build import build_corpus
+    from llava.demo.corpus.build import build_corpus
 
     out = tmp_path_factory.mktemp("synth")
     build_corpus(out, size="tiny", seed=0)

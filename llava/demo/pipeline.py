@@ -31,8 +31,8 @@ EVAL_SETS = {"ASR": "eval_asr.yml", "ST": "eval_st.yml", "SQA": "eval_sqa.yml"}
 class Budget:
     """How much work each phase does; `smoke` is for CI, `default` is the README's study."""
 
-    corpus_size: str  # llava.dataset.synth --size
-    base_budget: str  # llava.tiny.build --budget
+    corpus_size: str  # llava.demo.corpus --size
+    base_budget: str  # llava.demo.base_models.build --budget
     pretrain_steps: int
     finetune_steps: int
     batch_size: int
@@ -96,7 +96,7 @@ class Study:
             [
                 python(),
                 "-m",
-                "llava.dataset.synth",
+                "llava.demo.corpus",
                 "--out",
                 str(path),
                 "--size",
@@ -118,7 +118,7 @@ class Study:
                 [
                     python(),
                     "-m",
-                    "llava.tiny.build",
+                    "llava.demo.base_models.build",
                     "--corpus",
                     str(corpus),
                     "--out",

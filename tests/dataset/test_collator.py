@@ -8,7 +8,7 @@ import torch
 
 from llava.constants import IGNORE_INDEX
 from llava.dataset.collator import SpeechCollator
-from llava.tiny.tokenizer import train_bpe_tokenizer
+from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 from llava.tokenization import add_audio_token
 
 

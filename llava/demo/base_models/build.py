@@ -1,6 +1,6 @@
-"""`python -m llava.tiny.build --corpus DIR --out DIR [--budget small|smoke]`: build the tiny base models.
+"""`python -m llava.demo.base_models.build --corpus DIR --out DIR [--budget small|smoke]`: build the tiny base models.
 
-From the synthetic corpus (`python -m llava.dataset.synth --out DIR`) this trains
+From the synthetic corpus (`python -m llava.demo.corpus --out DIR`) this trains
 
 - a byte-level BPE tokenizer with Llama-3 special tokens and chat template,
 - a tiny Llama on the corpus text and text-only chat versions of the tasks (OUT/llm/, tokenizer inside),
@@ -37,11 +37,11 @@ import pyarrow.parquet as pq
 from llava.constants import AUDIO_TOKEN
 from llava.dataset.audio import AudioDecodeError, decode_audio
 from llava.dataset.prompts import PromptBank
-from llava.tiny.encoder import EncoderTrainArgs, train_tiny_hubert_ctc
-from llava.tiny.llm import LlmTrainArgs, TextExample, generate_replies, train_tiny_llm
-from llava.tiny.tokenizer import train_bpe_tokenizer
+from llava.demo.base_models.encoder import EncoderTrainArgs, train_tiny_hubert_ctc
+from llava.demo.base_models.llm import LlmTrainArgs, TextExample, generate_replies, train_tiny_llm
+from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 
-logger = logging.getLogger("llava.tiny.build")
+logger = logging.getLogger("llava.demo.base_models.build")
 
 SRC_LANG, TGT_LANG = "en", "de"
 REPORT_NAME = "train_report.json"  # written last into a model directory by its trainer
@@ -98,7 +98,7 @@ class TextCorpus:
 
 def _read_table(path: Path, columns: Sequence[str]):
     if not path.is_file():
-        raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.dataset.synth)")
+        raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.demo.corpus)")
     names = pq.read_schema(path).names
     missing = [c for c in columns if c not in names]
     if missing:
@@ -370,7 +370,7 @@ def build_all(
     corpus, out = Path(corpus), Path(out)
     for path in (_mustc(corpus, "train"), _mustc(corpus, "dev")):
         if not path.is_file():
-            raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.dataset.synth)")
+            raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.demo.corpus)")
     out.mkdir(parents=True, exist_ok=True)
     spec = BUDGETS[budget]
     stamp = {"budget": budget, "seed": seed, "spec": asdict(spec)}
@@ -415,11 +415,11 @@ def auto_threads() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m llava.tiny.build",
+        prog="python -m llava.demo.base_models.build",
         description="Train the tiny tokenizer, LLM and HuBERT CTC encoder on the synthetic corpus.",
     )
     parser.add_argument(
-        "--corpus", required=True, help="corpus directory (python -m llava.dataset.synth --out DIR)"
+        "--corpus", required=True, help="corpus directory (python -m llava.demo.corpus --out DIR)"
     )
     parser.add_argument(
         "--out", required=True, help="output directory: OUT/llm, OUT/encoder, OUT/report.json"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from llava.dataset.synth.lexicon import (
+from llava.demo.corpus.lexicon import (
     ADJECTIVES,
     INTRANSITIVE_VERBS,
     NAMES,

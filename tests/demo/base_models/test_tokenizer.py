@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from transformers import AutoTokenizer
 
-from llava.tiny.tokenizer import BOS, EOS, EOT, PAD, train_bpe_tokenizer
+from llava.demo.base_models.tokenizer import BOS, EOS, EOT, PAD, train_bpe_tokenizer
 
 TEXTS = [
     "The little girl reads the red book in the garden.",

@@ -27,17 +27,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from llava.dataset.audio import encode_audio
-from llava.dataset.synth.configs import LANG_PAIR, SRC_LANG, TGT_LANG, write_configs
-from llava.dataset.synth.files import (
+from llava.demo.corpus.configs import LANG_PAIR, SRC_LANG, TGT_LANG, write_configs
+from llava.demo.corpus.files import (
     MUSTC_SCHEMA,
     NWP_SCHEMA,
     SQA_SCHEMA,
     StreamingParquet,
     atomic_write_bytes,
 )
-from llava.dataset.synth.grammar import Sentence, generate_sentences
-from llava.dataset.synth.passages import Passage, generate_passages
-from llava.dataset.synth.speech import SAMPLING_RATE, speak
+from llava.demo.corpus.grammar import Sentence, generate_sentences
+from llava.demo.corpus.passages import Passage, generate_passages
+from llava.demo.corpus.speech import SAMPLING_RATE, speak
 
 logger = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def build_corpus(
     if not force and (manifest := _manifest_is_current(out, size, seed)) is not None:
         logger.info("corpus in %s is already built (size=%s, seed=%d)", out, size, seed)
         return manifest
-    from llava.dataset.synth.espeak import get_espeak
+    from llava.demo.corpus.espeak import get_espeak
 
     # Fail early, with the install hint, when espeak-ng is missing.
     if not get_espeak().output_is_history_free():

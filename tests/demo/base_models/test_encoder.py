@@ -16,7 +16,7 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
 )
 
-from llava.tiny.encoder import (
+from llava.demo.base_models.encoder import (
     CTC_VOCAB,
     EncoderTrainArgs,
     _duration_batches,

@@ -1,4 +1,4 @@
-"""`python -m llava.dataset.synth --out DIR --size small --seed 0`: build the synthetic corpus."""
+"""`python -m llava.demo.corpus --out DIR --size small --seed 0`: build the synthetic corpus."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import json
 import logging
 import sys
 
-from llava.dataset.synth.build import SIZES, build_corpus
-from llava.dataset.synth.espeak import EspeakUnavailableError
+from llava.demo.corpus.build import SIZES, build_corpus
+from llava.demo.corpus.espeak import EspeakUnavailableError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m llava.dataset.synth",
+        prog="python -m llava.demo.corpus",
         description="Build the synthetic spoken corpus (espeak-ng speech; ASR, en-de ST, SQA, mixed NWP).",
     )
     parser.add_argument("--out", required=True, help="output directory")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from llava.tiny.tokenizer import EOS, EOT
+from llava.demo.base_models.tokenizer import EOS, EOT
 
 logger = logging.getLogger(__name__)
 

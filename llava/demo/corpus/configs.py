@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from llava.dataset.synth.files import atomic_write_bytes
+from llava.demo.corpus.files import atomic_write_bytes
 
 SRC_LANG, TGT_LANG = "en", "de"
 LANG_PAIR = f"{SRC_LANG}-{TGT_LANG}"
@@ -18,7 +18,7 @@ SQA_DURATION = (1.0, 60.0)
 
 def _config_text(title: str, blocks: Iterable[tuple[str, str, str, list[tuple[str, str]]]], duration) -> str:
     """A YAML data config in the DESIGN format; blocks are (dataset type, datapath, task, [(stem, destination)])."""
-    lines = [f"# {title}", "# Written by `python -m llava.dataset.synth`; paths are absolute.", "DATA:"]
+    lines = [f"# {title}", "# Written by `python -m llava.demo.corpus`; paths are absolute.", "DATA:"]
     for dtype, datapath, task, parts in blocks:
         lines += [f"  - {dtype}:", f"      datapath: {json.dumps(datapath)}", f"      task: {task}"]
         lines.append(f"      languages: [{LANG_PAIR if dtype != 'Spoken_SQuAD' else SRC_LANG}]")

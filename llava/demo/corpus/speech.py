@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from llava.dataset.audio import resample
-from llava.dataset.synth.espeak import PhonemeEvent, WordEvent, get_espeak
+from llava.demo.corpus.espeak import PhonemeEvent, WordEvent, get_espeak
 
 SAMPLING_RATE = 16000
 FRAME_SECONDS = 0.01

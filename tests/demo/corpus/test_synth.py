@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from llava.dataset.synth import build as B
-from llava.dataset.synth.espeak import EspeakUnavailableError, PhonemeEvent, WordEvent, espeak_available
-from llava.dataset.synth.grammar import NounPhrase, generate_sentence, generate_sentences
-from llava.dataset.synth.lexicon import ADJECTIVES, NOUNS, TIMES, english_vocabulary
-from llava.dataset.synth.passages import generate_passages
-from llava.dataset.synth.speech import token_starts, tokens_with_offsets
+from llava.demo.corpus import build as B
+from llava.demo.corpus.espeak import EspeakUnavailableError, PhonemeEvent, WordEvent, espeak_available
+from llava.demo.corpus.grammar import NounPhrase, generate_sentence, generate_sentences
+from llava.demo.corpus.lexicon import ADJECTIVES, NOUNS, TIMES, english_vocabulary
+from llava.demo.corpus.passages import generate_passages
+from llava.demo.corpus.speech import token_starts, tokens_with_offsets
 
 needs_espeak = pytest.mark.skipif(
     not espeak_available(), reason="espeak-ng (pip install espeakng-loader) missing"
@@ -127,7 +127,7 @@ def test_token_starts_share_out_merged_words_by_phonemes():
 
 
 def test_missing_espeak_names_the_package(monkeypatch):
-    from llava.dataset.synth import espeak
+    from llava.demo.corpus import espeak
 
     monkeypatch.setitem(sys.modules, "espeakng_loader", None)  # import fails
     with pytest.raises(EspeakUnavailableError, match="pip install espeakng-loader"):
@@ -136,7 +136,7 @@ def test_missing_espeak_names_the_package(monkeypatch):
 
 @needs_espeak
 def test_speech_is_deterministic_with_word_boundaries():
-    from llava.dataset.synth.speech import speak
+    from llava.demo.corpus.speech import speak
 
     text = "There are two white clocks in the garden."
     a = speak(text, "en-us+f2", 160, 50, seed=7)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from llava.dataset.synth.lexicon import (
+from llava.demo.corpus.lexicon import (
     ADJECTIVES,
     ANIMAL,
     CITIES,
