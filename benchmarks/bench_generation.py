@@ -32,8 +32,8 @@ _CORPUS = [
 
 def tiny_random_model(device: str):
     """HuBERT-shaped encoder (hidden 64) -> Q-Former -> Llama (hidden 128, 4 layers), random weights."""
-    from llava.model import apply_training_mode, build_model
     from llava.demo.base_models.tokenizer import train_bpe_tokenizer
+    from llava.model import apply_training_mode, build_model
 
     torch.manual_seed(0)
     tok = train_bpe_tokenizer(_CORPUS * 8, vocab_size=500)

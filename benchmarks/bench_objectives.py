@@ -15,8 +15,8 @@ import time
 
 import torch
 
-from llava.model import apply_training_mode, build_model
 from llava.demo.base_models.tokenizer import train_bpe_tokenizer
+from llava.model import apply_training_mode, build_model
 from llava.train.arguments import DataArguments, LossArguments
 from llava.train.objectives import compute_objective, objective_from_args
 

@@ -6,7 +6,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from llava.demo.base_models.llm import LlmTrainArgs, dev_loss, encode_example, generate_replies, train_tiny_llm
+from llava.demo.base_models.llm import (
+    LlmTrainArgs,
+    dev_loss,
+    encode_example,
+    generate_replies,
+    train_tiny_llm,
+)
 from llava.demo.base_models.tokenizer import EOS, EOT, train_bpe_tokenizer
 
 SENTENCES = [
