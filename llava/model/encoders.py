@@ -8,6 +8,7 @@ the data side never depends on which encoder is used:
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -21,6 +22,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     WhisperFeatureExtractor,
 )
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,10 @@ class AudioEncoder(nn.Module):
         self.feature_extractor = feature_extractor or default_feature_extractor(model.config)
         self.layer = layer
         self.frozen = False  # set by `llava.model.builder.apply_training_mode`
+        # Optional `llava.model.feature_cache.FeatureCache` (see `attach_feature_cache`); a plain
+        # attribute, not a submodule, so it never enters state dicts or device moves.
+        self.feature_cache = None
+        self._cache_bypass_logged = False
 
     @classmethod
     def from_pretrained(
@@ -152,16 +159,37 @@ class AudioEncoder(nn.Module):
             self.model.eval()
         return self
 
+    def output_frames(self, num_samples: int) -> int:
+        """Frames T of the encoder output for a (padded) input of `num_samples` samples."""
+        if self.kind.whisper:
+            return int(self.model.config.max_source_positions)  # fixed 30 s window
+        return int(self.frame_lengths(torch.tensor([num_samples]))[0])
+
     def forward(
         self, audio_values: torch.Tensor, audio_lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio_values [N, S] float, audio_lengths [N] -> feats [N, T, De], frame_mask [N, T] bool."""
+        """audio_values [N, S] float, audio_lengths [N] -> feats [N, T, De], frame_mask [N, T] bool.
+
+        With a feature cache attached and the encoder frozen, features come from the cache (see
+        `llava.model.feature_cache` for the exact semantics); a training encoder bypasses it."""
         if self.max_samples is not None and int(audio_lengths.max()) > self.max_samples:
             raise ValueError(
                 f"audio of {int(audio_lengths.max())} samples exceeds the Whisper encoder's fixed window of "
                 f"{self.max_samples} samples ({self.max_samples / self.sampling_rate:.1f} s); filter longer "
                 "utterances with max_duration in the data config"
             )
+        if self.feature_cache is not None and audio_values.shape[0] > 0:
+            if self.frozen and not any(p.requires_grad for p in self.parameters()):
+                return self.feature_cache.features(self, audio_values, audio_lengths)
+            if not self._cache_bypass_logged:
+                self._cache_bypass_logged = True
+                logger.info("audio feature cache bypassed: the audio encoder trains (unfrozen or LoRA)")
+        return self.encode(audio_values, audio_lengths)
+
+    def encode(
+        self, audio_values: torch.Tensor, audio_lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The encoder pass itself (no cache): same contract as `forward`."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
             inputs = self._featurize(audio_values, audio_lengths)
             want_hidden = self.layer != -1
