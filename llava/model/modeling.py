@@ -51,6 +51,11 @@ class SpeechLlavaForCausalLM(nn.Module):
             llm_dim=self.llm_hidden_size,
             frame_rate=self.audio_tower.frame_rate,
         )
+        # An output scale matched to the LLM's embeddings (projector option output_norm) is measured
+        # here, once, and recorded in the config so a checkpoint reloads with the same scale.
+        target = self.projector.match_input_embeddings(self.language_model.get_input_embeddings().weight)
+        if target is not None:
+            self.config.projector_config["output_norm_target"] = target
 
     # ----------------------------------------------------------------------------- shapes
     @property

@@ -16,10 +16,11 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
 from llava.model.projectors.base import Projector
+from llava.model.projectors.output_norm import OutputNorm, OutputNormSettings
 
 
 @dataclass
-class QFormerSettings:
+class QFormerSettings(OutputNormSettings):
     num_queries: int = 4  # learnable queries per window (LLM positions per window)
     num_layers: int = 4  # Q-Former layers, each with self- and cross-attention
     hidden_size: int = 768  # Q-Former width
@@ -52,6 +53,7 @@ class QFormerProjector(Projector):
             torch.randn(1, settings.num_queries, settings.hidden_size) * qcfg.initializer_range
         )
         self.out_proj = nn.Linear(settings.hidden_size, llm_dim)
+        self.output_norm = OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
 
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         windows = torch.div(frame_lengths + self.window - 1, self.window, rounding_mode="floor")
@@ -70,7 +72,7 @@ class QFormerProjector(Projector):
             encoder_hidden_states=live.to(self.qformer.dtype),
             encoder_attention_mask=wmask[valid].long(),
         ).last_hidden_state  # [V, Q, H]
-        out = self.out_proj(out.to(self.out_proj.weight.dtype))  # [V, Q, Dl]
+        out = self.output_norm(self.out_proj(out.to(self.out_proj.weight.dtype)))  # [V, Q, Dl]
         embeds = out.new_zeros(b, n_win, q, out.shape[-1])
         embeds[valid] = out
         out_mask = valid[:, :, None].expand(b, n_win, q)

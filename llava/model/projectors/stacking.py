@@ -13,26 +13,28 @@ import torch
 from torch import nn
 
 from llava.model.projectors.base import Projector
+from llava.model.projectors.output_norm import OutputNorm, OutputNormSettings
 
 
 @dataclass
-class LinearSettings:
+class LinearSettings(OutputNormSettings):
     stack: int = 5  # frames concatenated per output position
 
 
 @dataclass
-class MLPSettings:
+class MLPSettings(OutputNormSettings):
     stack: int = 5  # frames concatenated per output position
     hidden_size: int | None = None  # width of the hidden layer; None = the LLM width
 
 
 class StackingProjector(Projector):
-    def __init__(self, stack: int, net: nn.Module) -> None:
+    def __init__(self, stack: int, net: nn.Module, output_norm: OutputNorm | None = None) -> None:
         super().__init__()
         if stack < 1:
             raise ValueError(f"projector stack must be >= 1, got {stack}")
         self.stack = stack
         self.net = net
+        self.output_norm = OutputNorm("none", 1) if output_norm is None else output_norm
 
     def output_lengths(self, frame_lengths: torch.Tensor) -> torch.Tensor:
         return torch.div(frame_lengths + self.stack - 1, self.stack, rounding_mode="floor")
@@ -41,7 +43,7 @@ class StackingProjector(Projector):
         stacked, smask = self.fold(feats, mask, self.stack)  # [B, T/k, k, De]
         b, n, k, d = stacked.shape
         stacked = stacked * smask[..., None]  # padded frames inside a live position contribute zeros
-        out = self.net(stacked.reshape(b, n, k * d).to(self._dtype()))  # [B, T/k, Dl]
+        out = self.output_norm(self.net(stacked.reshape(b, n, k * d).to(self._dtype())))  # [B, T/k, Dl]
         return out, smask[..., 0]
 
     def _dtype(self) -> torch.dtype:
@@ -50,7 +52,8 @@ class StackingProjector(Projector):
 
 class LinearProjector(StackingProjector):
     def __init__(self, settings: LinearSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
-        super().__init__(settings.stack, nn.Linear(encoder_dim * settings.stack, llm_dim))
+        norm = OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
+        super().__init__(settings.stack, nn.Linear(encoder_dim * settings.stack, llm_dim), norm)
 
 
 class MLPProjector(StackingProjector):
@@ -59,4 +62,6 @@ class MLPProjector(StackingProjector):
         net = nn.Sequential(
             nn.Linear(encoder_dim * settings.stack, hidden), nn.GELU(), nn.Linear(hidden, llm_dim)
         )
-        super().__init__(settings.stack, net)
+        super().__init__(
+            settings.stack, net, OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
+        )
