@@ -38,6 +38,11 @@ class ModelArguments:
     mm_qformer_window_seconds: float = 0.333
     # mlp / linear projectors: encoder frames stacked per output position.
     mm_speech_stack: int = 5
+    # Projector output scale (beyond the paper, which uses none): rms_match rescales every output to
+    # the LLM's mean input-embedding norm; layernorm adds a LayerNorm whose gain starts there.
+    projector_output_norm: str = "none"
+    # Target output norm for projector_output_norm; 0 = measured from the LLM's embedding table.
+    projector_output_norm_target: float = 0.0
     # Initialise the projector from this (stage-1) checkpoint directory.
     pretrain_mm_speech_adapter: str | None = None
     # Train the projector (the usual setting in both stages).
@@ -69,8 +74,17 @@ class ModelArguments:
                 "num_heads": self.mm_qformer_num_heads,
                 "intermediate_size": self.mm_qformer_intermediate_size,
                 "window_seconds": self.mm_qformer_window_seconds,
+                **self._output_norm_config(),
             }
-        return {"stack": self.mm_speech_stack}
+        return {"stack": self.mm_speech_stack, **self._output_norm_config()}
+
+    def _output_norm_config(self) -> dict:
+        if self.projector_output_norm == "none":  # the paper's projector: its config stays as it was
+            return {}
+        return {
+            "output_norm": self.projector_output_norm,
+            "output_norm_target": self.projector_output_norm_target,
+        }
 
 
 @dataclass
