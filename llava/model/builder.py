@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from llava.model.encoders import AudioEncoder
 from llava.model.modeling import SpeechLlavaForCausalLM
 from llava.model.projectors import projector_settings
 from llava.tokenization import add_audio_token, ensure_pad_token
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +70,7 @@ def build_model(
         )
         if encoder_dtype is not None:
             tower.to(encoder_dtype)
+    check_encoder_layer(encoder_layer, tower.model.config, "encoder_layer (--mm_speech_select_layer)")
     if isinstance(llm, str):
         lm = AutoModelForCausalLM.from_pretrained(
             llm, dtype=llm_dtype, attn_implementation=attn_implementation
@@ -90,6 +94,24 @@ def build_model(
     )
     model = SpeechLlavaForCausalLM(config, audio_tower=tower, language_model=lm)
     return model, tokenizer
+
+
+def encoder_num_layers(audio_config: PretrainedConfig) -> int:
+    """Number of transformer layers of an audio encoder config (Whisper names it differently)."""
+    for name in ("num_hidden_layers", "encoder_layers"):
+        if isinstance(getattr(audio_config, name, None), int):
+            return getattr(audio_config, name)
+    raise ValueError(f"cannot tell the number of layers of a {audio_config.model_type!r} encoder config")
+
+
+def check_encoder_layer(layer: int, audio_config: PretrainedConfig, what: str) -> None:
+    """The encoder exposes num_layers + 1 hidden states (0 = the input to the first layer)."""
+    n = encoder_num_layers(audio_config)
+    if not -(n + 1) <= layer <= n:
+        raise ValueError(
+            f"{what} = {layer} is out of range for a {n}-layer {audio_config.model_type} encoder: "
+            f"expected {-(n + 1)}..{n} (0 = input to the first layer, -1 = last layer)"
+        )
 
 
 def apply_training_mode(
@@ -162,6 +184,10 @@ def load_pretrained_model(
     another LLM or encoder fails with a message naming the mismatching tensors.
     """
     config = read_config(model_path)
+    if config.audio_config is not None:
+        check_encoder_layer(
+            config.encoder_layer, config.audio_config, f"{model_path}: config.json encoder_layer"
+        )
     enc = audio_encoder or config.audio_encoder_name_or_path
     lm = llm or config.llm_name_or_path
     if enc is None or lm is None:
@@ -194,16 +220,42 @@ def load_pretrained_model(
         lora_llm=LoraSettings(**lora["llm"]) if "llm" in lora else None,
         lora_encoder=LoraSettings(**lora["encoder"]) if "encoder" in lora else None,
     )
-    load_into(model, read_weights(model_path), source=str(model_path))
+    # Whatever else was trained, a checkpoint must hold the projector and every LoRA adapter.
+    needed = [n for n, _ in model.named_parameters() if n.startswith("projector.") or "lora_" in n]
+    load_into(model, read_weights(model_path), source=str(model_path), expected=needed)
     model.to(device)
     if dtype is not None:
         model.projector.to(dtype)
     return model.eval(), tokenizer
 
 
-def load_projector(model: SpeechLlavaForCausalLM, ckpt_dir: str | os.PathLike) -> None:
-    """Initialise the projector from a (stage-1) checkpoint, ignoring any other tensors in it."""
+def load_projector(
+    model: SpeechLlavaForCausalLM, ckpt_dir: str | os.PathLike, allow_partial: bool = False
+) -> list[str]:
+    """Initialise the projector from a (stage-1) checkpoint, ignoring any other tensors in it.
+
+    Every projector tensor must be in the checkpoint, or it is an error listing the missing ones;
+    with `allow_partial` those keep their random initialisation, are logged one by one, and returned.
+    """
     weights = read_weights(ckpt_dir, prefix="projector.")
     if not weights:
         raise ValueError(f"{ckpt_dir}: the checkpoint holds no projector weights")
-    load_into(model, weights, source=str(ckpt_dir))
+    expected = [n for n, _ in model.projector.named_parameters(prefix="projector")]
+    missing = sorted(set(expected) - set(weights))
+    if missing and not allow_partial:
+        raise ValueError(
+            f"{ckpt_dir}: the checkpoint lacks {len(missing)} of the projector's {len(expected)} tensors "
+            f"(was it trained with other projector settings?): {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}; --allow_partial_projector_init True starts from it "
+            "anyway, leaving those tensors random"
+        )
+    load_into(model, weights, source=str(ckpt_dir), expected=expected, allow_missing=True)
+    if missing:
+        logger.warning(
+            "projector partially initialised from %s: %d of %d tensors stay random: %s",
+            ckpt_dir,
+            len(missing),
+            len(expected),
+            ", ".join(missing),
+        )
+    return missing

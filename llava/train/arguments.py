@@ -45,6 +45,9 @@ class ModelArguments:
     projector_output_norm_target: float = 0.0
     # Initialise the projector from this (stage-1) checkpoint directory.
     pretrain_mm_speech_adapter: str | None = None
+    # Start even when that checkpoint lacks some projector tensors (e.g. fewer Q-Former layers);
+    # the ones left random are logged by name. Off: a missing tensor is an error listing them.
+    allow_partial_projector_init: bool = False
     # Train the projector (the usual setting in both stages).
     tune_mm_mlp_adapter: bool = True
     # Keep the LLM frozen (LoRA adapters, if enabled, still train).

@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # run as a file (e.g. by the deepspeed launcher):
 
 import torch
 from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.config import load_data_config
@@ -77,6 +78,26 @@ def lora_settings(model_args: ModelArguments) -> LoraSettings:
     )
 
 
+def resume_checkpoint(training_args: TrainingArguments) -> str | None:
+    """The checkpoint to resume from, with the Trainer's conventions for `--resume_from_checkpoint`:
+    a path, or True for the newest `checkpoint-N` in `--output_dir` (False / unset: start afresh)."""
+    value = training_args.resume_from_checkpoint
+    if value is None or str(value).strip().lower() in ("", "false", "no", "0"):
+        return None
+    if str(value).strip().lower() not in ("true", "yes", "1"):
+        if not os.path.isdir(value):
+            raise FileNotFoundError(f"--resume_from_checkpoint {value}: no such checkpoint directory")
+        return str(value)
+    newest = (
+        get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+    )
+    if newest is None:
+        raise FileNotFoundError(
+            f"--resume_from_checkpoint True: no checkpoint-N directory in --output_dir {training_args.output_dir}"
+        )
+    return newest
+
+
 def check_word_boundaries(data_config) -> None:
     """Mixed speech-text NWP cuts audio at word boundaries: every training file must have them."""
     import pyarrow.parquet as pq
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     )
     set_seed(training_args.seed)
 
-    # Fail on a malformed data config before loading gigabytes of weights.
+    # Fail on a malformed data config or a missing checkpoint before loading gigabytes of weights.
+    resume = resume_checkpoint(training_args)
     data_config = load_data_config(data_args.data_config_path)
     if data_args.audio_nwp:
         check_word_boundaries(data_config)
@@ -148,8 +170,16 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     )
     objective = objective_from_args(loss_args, data_args, model.num_llm_layers)
     if model_args.pretrain_mm_speech_adapter:
-        load_projector(model, model_args.pretrain_mm_speech_adapter)
-        logger.info("projector initialised from %s", model_args.pretrain_mm_speech_adapter)
+        missing = load_projector(
+            model,
+            model_args.pretrain_mm_speech_adapter,
+            allow_partial=model_args.allow_partial_projector_init,
+        )
+        logger.info(
+            "projector initialised from %s%s",
+            model_args.pretrain_mm_speech_adapter,
+            f" except {len(missing)} tensors left random" if missing else "",
+        )
     apply_training_mode(
         model,
         freeze_encoder=model_args.freeze_audio_encoder,
@@ -186,7 +216,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     )
     world, rank = data_parallel_world()
     logger.info("data-parallel processes: %d (this is rank %d)", world, rank)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
     if data_parallel_world()[1] == 0:
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))

@@ -111,3 +111,91 @@ def test_checkpoint_from_another_llm_is_rejected(tmp_path, tiny_base_dirs, tiny_
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a speech-llava checkpoint"):
         load_pretrained_model(tmp_path)
+
+
+def _saved(tmp_path, base_dirs, lora=None):
+    model, _ = build_model(*map(str, base_dirs), projector_config=TINY_QFORMER)
+    apply_training_mode(model, lora_llm=lora)
+    return model, save_trainable(model, tmp_path / "c")
+
+
+def _rewrite_weights(ckpt, edit):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(str(ckpt / "model.safetensors"))
+    edit(weights)
+    save_file(weights, str(ckpt / "model.safetensors"))
+    return weights
+
+
+def test_missing_tensors_are_an_error_listing_them(tmp_path, tiny_base_dirs):
+    _, ckpt = _saved(tmp_path, tiny_base_dirs, lora=LoraSettings(r=2, alpha=4, dropout=0.0))
+    dropped = []
+
+    def drop(w):
+        dropped.extend(sorted(k for k in w if "lora_B" in k or k.endswith("proj.bias"))[:3])
+        for k in dropped:
+            del w[k]
+
+    _rewrite_weights(ckpt, drop)
+    assert dropped
+    with pytest.raises(ValueError, match="lacks 3 of") as err:
+        load_pretrained_model(ckpt)
+    assert all(k in str(err.value) for k in dropped) and str(ckpt) in str(err.value)
+
+
+def test_load_into_reports_missing_only_when_allowed(tmp_path, tiny_model):
+    from llava.model.checkpoint import load_into
+
+    model, _ = tiny_model
+    state = {k: v.clone() + 1.0 for k, v in model.trainable_state_dict().items()}
+    left_out = sorted(state)[:2]
+    partial = {k: v for k, v in state.items() if k not in left_out}
+    before = {k: model.trainable_state_dict()[k].clone() for k in left_out}
+    with pytest.raises(ValueError, match="lacks 2 of"):
+        load_into(model, partial, source="ck")
+    assert load_into(model, partial, source="ck", allow_missing=True) == left_out
+    now = model.trainable_state_dict()
+    assert all(torch.equal(now[k], before[k]) for k in left_out)  # left as they were
+    assert all(torch.equal(now[k], partial[k]) for k in partial)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_weights_are_an_error(tmp_path, tiny_base_dirs, bad):
+    _, ckpt = _saved(tmp_path, tiny_base_dirs)
+    name = []
+
+    def poison(w):
+        name.append(sorted(w)[0])
+        w[name[0]].view(-1)[0] = bad
+
+    _rewrite_weights(ckpt, poison)
+    with pytest.raises(ValueError, match="non-finite") as err:
+        load_pretrained_model(ckpt)
+    assert name[0] in str(err.value)
+
+
+def test_malformed_config_json_names_the_file(tmp_path, tiny_base_dirs):
+    _, ckpt = _saved(tmp_path, tiny_base_dirs)
+    cfg = ckpt / "config.json"
+    text = cfg.read_text()
+    cfg.write_text(text[: len(text) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        load_pretrained_model(ckpt)
+    cfg.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"config\.json: expected a JSON object"):
+        load_pretrained_model(ckpt)
+    data = json.loads(text)
+    data["projector_config"] = [1, 2]
+    cfg.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"config\.json: invalid checkpoint config"):
+        load_pretrained_model(ckpt)
+
+
+def test_out_of_range_encoder_layer_in_a_checkpoint_is_a_clear_error(tmp_path, tiny_base_dirs):
+    _, ckpt = _saved(tmp_path, tiny_base_dirs)
+    data = json.loads((ckpt / "config.json").read_text())
+    data["encoder_layer"] = 7  # the tiny encoder has 2 layers: valid -3..2
+    (ckpt / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"config\.json encoder_layer = 7 is out of range.*-3\.\.2"):
+        load_pretrained_model(ckpt)

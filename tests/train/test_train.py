@@ -45,16 +45,12 @@ def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_
     resumed = tmp_path / "resumed"
     resumed.mkdir()
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
-    train_mod.main(
-        _args(
-            tiny_base_dirs,
-            tiny_corpus,
-            resumed,
-            *common,
-            "--resume_from_checkpoint",
-            str(resumed / "checkpoint-2"),
-        )
+    (resumed / "checkpoint-1").mkdir()  # older (and unusable): "True" must take the newest
+    # The Trainer's convention: True = the newest checkpoint-N in --output_dir.
+    t = train_mod.main(
+        _args(tiny_base_dirs, tiny_corpus, resumed, *common, "--resume_from_checkpoint", "True")
     )
+    assert t.state.global_step == 4
     a, b = _weights(straight), _weights(resumed)
     assert a.keys() == b.keys() and all(k.startswith("projector.") for k in a)
     for k in a:
@@ -100,12 +96,39 @@ def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_
         (["--contrastive_training", "True", "--contrastive_mode", "dot"], "contrastive_mode"),
         (["--audio_nwp", "True"], "word_boundaries"),
         (["--mm_speech_projector_type", "perceiver"], "unknown projector type"),
+        (["--mm_speech_select_layer", "5"], r"mm_speech_select_layer\) = 5 is out of range"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, tiny_base_dirs, tiny_corpus, extra, match):
     with pytest.raises(ValueError, match=match):
         train_mod.main(_args(tiny_base_dirs, tiny_corpus, tmp_path / "x", "--max_steps", "1", *extra))
     assert not (tmp_path / "x" / "model.safetensors").exists()
+
+
+def test_resume_true_without_a_checkpoint_fails_before_loading(
+    tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch
+):
+    monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: pytest.fail("model loaded"))
+    for value, out in [("True", tmp_path / "empty"), (str(tmp_path / "nowhere"), tmp_path / "x")]:
+        (tmp_path / "empty").mkdir(exist_ok=True)
+        with pytest.raises(FileNotFoundError, match="--resume_from_checkpoint"):
+            train_mod.main(_args(tiny_base_dirs, tiny_corpus, out, "--resume_from_checkpoint", value))
+
+
+def test_resume_checkpoint_follows_the_trainer_conventions(tmp_path):
+    from llava.train.arguments import TrainingArguments
+
+    for name in ("checkpoint-9", "checkpoint-10", "checkpoint-2", "other"):
+        (tmp_path / name).mkdir()
+
+    def resolve(value):
+        return train_mod.resume_checkpoint(
+            TrainingArguments(output_dir=str(tmp_path), resume_from_checkpoint=value)
+        )
+
+    assert resolve("True") == str(tmp_path / "checkpoint-10")  # numeric, not lexical, order
+    assert resolve(None) is None and resolve("False") is None
+    assert resolve(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
 
 
 def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):
