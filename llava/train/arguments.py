@@ -153,8 +153,11 @@ class TrainingArguments(HfTrainingArguments):
     remove_unused_columns: bool = False
     report_to: str = "tensorboard"
     logging_steps: float = 10
-    save_strategy: str = "epoch"
-    save_total_limit: int | None = 2
+    # The paper scripts' checkpointing: every 1000 steps, keeping the newest 10. As in the Trainer,
+    # `--save_steps N` alone saves every N steps (the strategy already is "steps").
+    save_strategy: str = "steps"
+    save_steps: float = 1000
+    save_total_limit: int | None = 10
 
     def __post_init__(self) -> None:
         # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;

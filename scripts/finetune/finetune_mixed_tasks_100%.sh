@@ -8,4 +8,5 @@ DATA_CONFIG="${DATA_CONFIG:-$REPO_ROOT/scripts/data_configs/finetune_mixed_tasks
 init=(--pretrain_mm_speech_adapter "$PRETRAINED_PROJECTOR")
 train --num_train_epochs 2 --learning_rate 1e-4 --lr_scheduler_type cosine --warmup_ratio 0.03 --weight_decay 0.0 \
   --per_device_train_batch_size 4 --gradient_accumulation_steps 5 --model_max_length 2048 --max_grad_norm 1.0 --seed 42 \
+  --save_strategy steps --save_steps 1000 --save_total_limit 10 \
   --data_subset 1.0 "${init[@]}" "$@"

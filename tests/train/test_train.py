@@ -37,10 +37,12 @@ def _weights(d):
 
 
 def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_base_dirs, tiny_corpus):
-    common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2", "--contrastive_training", "True",
+    # `--save_steps` alone saves every N steps, as in the Trainer.
+    common = ["--max_steps", "4", "--save_steps", "2", "--contrastive_training", "True",
               "--contrastive_layer", "all", "--contr_asr_combine_loss", "True", "--position_shift", "True"]  # fmt: skip
     straight = tmp_path / "straight"
     train_mod.main(_args(tiny_base_dirs, tiny_corpus, straight, *common))
+    assert sorted(p.name for p in straight.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
     # A run killed after its step-2 checkpoint leaves exactly that checkpoint behind.
     resumed = tmp_path / "resumed"
     resumed.mkdir()
