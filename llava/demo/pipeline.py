@@ -52,6 +52,16 @@ class Budget:
         ]  # fmt: skip
     )
 
+    def projector_options(self) -> dict:
+        """The projector flags as Q-Former settings (for in-process model building)."""
+        names = {
+            "--mm_qformer_hidden_size": "hidden_size",
+            "--mm_qformer_num_heads": "num_heads",
+            "--mm_qformer_intermediate_size": "intermediate_size",
+            "--mm_qformer_num_hidden_layers": "num_layers",
+        }
+        return {names[k]: int(v) for k, v in zip(self.projector[::2], self.projector[1::2])}
+
 
 BUDGETS = {
     "smoke": Budget(
