@@ -6,6 +6,23 @@ from transformers import PreTrainedTokenizerBase
 
 from llava.constants import AUDIO_TOKEN
 
+# End-of-turn tokens of common chat templates (Llama-3, ChatML/Qwen, Gemma, Phi-3), in order of
+# preference, and Llama-3's end of text last. The collator labels the first one present as the end of
+# the target; generation stops at any of them.
+END_OF_TURN_TOKENS = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>", "<|end_of_text|>")
+
+
+def end_of_turn_token(tokenizer: PreTrainedTokenizerBase) -> str | None:
+    """The token that closes a chat turn: the first of END_OF_TURN_TOKENS in the vocabulary, else EOS."""
+    vocab = tokenizer.get_vocab()
+    return next((t for t in END_OF_TURN_TOKENS if t in vocab), tokenizer.eos_token)
+
+
+def end_of_turn_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """Ids of every END_OF_TURN_TOKENS entry the vocabulary has (generation stops at any of them)."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+
 
 def add_audio_token(tokenizer: PreTrainedTokenizerBase) -> int:
     """Register `<audio>` as a special token (idempotent) and return its id.

@@ -1,5 +1,8 @@
 """Samples -> padded Batch (docs/architecture.md): chat-templated or mixed speech-text sequences.
 
+Items are `llava.dataset.sample.Sample`s (a record with the same field names is converted and
+validated with `Sample.from_mapping`).
+
 chat mode: the user turn is the sample's prompt (with one `<audio>`), the assistant turn its target,
 rendered with the tokenizer's own chat template. Labels are IGNORE_INDEX everywhere except the target
 tokens and the end-of-turn token that closes them; whatever the template puts after that token is cut.
@@ -10,7 +13,8 @@ on the text tokens and the EOS only.
 
 inference: the prompt rendered with `add_generation_prompt=True`, no labels, left padding by default
 (for batched generation); the batch also carries the non-tensor keys `ids` (sample ids) and `meta`
-(per row: id, task, prompt, target, references, transcript, languages) for writing predictions.
+(per row: id, task, prompt, target, references, transcript, source_lang, target_lang) for writing
+predictions.
 
 Bad samples: None entries (audio that failed to decode) are dropped; so are sequences whose prompt and
 audio alone do not fit in `max_length` (with `on_overflow="drop"`; `"error"` raises instead). Longer
@@ -23,7 +27,7 @@ If every sample of a batch is dropped, the batch has zero rows.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,10 +35,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from llava.constants import AUDIO_TOKEN, IGNORE_INDEX
+from llava.dataset.sample import Sample
 from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH
+from llava.tokenization import end_of_turn_token
 
-# End-of-turn tokens of common chat templates, tried in order when none is given.
-_EOT_CANDIDATES = ("<|eot_id|>", "<|im_end|>", "<end_of_turn>", "<|end|>")
 MODES = ("chat", "mixed")
 # Sample fields an inference batch carries along (non-tensor `meta`) for writing and scoring predictions.
 _META_KEYS = (
@@ -44,8 +48,8 @@ _META_KEYS = (
     "target",
     "references",
     "transcript",
-    "source_language",
-    "target_language",
+    "source_lang",
+    "target_lang",
 )
 
 
@@ -84,8 +88,8 @@ class SpeechCollator:
             system_prompt: optional system turn before the user turn.
             on_overflow: "drop" (count as skipped) or "error" for sequences whose prompt + audio
                 alone exceed max_length.
-            eot_token: the end-of-turn token; default the first of <|eot_id|>, <|im_end|>,
-                <end_of_turn>, <|end|> in the vocabulary, else the EOS token.
+            eot_token: the end-of-turn token; default `llava.tokenization.end_of_turn_token` (the first
+                of END_OF_TURN_TOKENS in the vocabulary, else the EOS token).
             pad_to_multiple_of: round the padded length up (e.g. 8 for tensor cores).
         """
         if mode not in MODES:
@@ -121,7 +125,7 @@ class SpeechCollator:
         self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id
         if eot_token is None:
-            eot_token = next((t for t in _EOT_CANDIDATES if t in vocab), tokenizer.eos_token)
+            eot_token = end_of_turn_token(tokenizer)
         if eot_token is None or eot_token not in vocab:
             raise ValueError(f"end-of-turn token {eot_token!r} is not in the vocabulary")
         self.eot_token_id = vocab[eot_token]
@@ -134,20 +138,20 @@ class SpeechCollator:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return msgs + [{"role": "user", "content": prompt}]
 
-    def _chat(self, sample: dict[str, Any]) -> tuple[list[int], list[int] | None]:
+    def _chat(self, sample: Sample) -> tuple[list[int], list[int] | None]:
         """Token ids (one id per `<audio>`, not yet expanded) and labels of one chat sample."""
-        messages = self._messages(sample["prompt"])
+        messages = self._messages(sample.prompt)
         prefix = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         prefix_ids = self._tokenize(prefix)
         if self.inference:
             return prefix_ids, None
         full = self.tokenizer.apply_chat_template(
-            messages + [{"role": "assistant", "content": sample["target"]}], tokenize=False
+            messages + [{"role": "assistant", "content": sample.target}], tokenize=False
         )
         full_ids = self._tokenize(full)
         if full_ids[: len(prefix_ids)] != prefix_ids:
             raise ValueError(
-                f"sample {sample.get('id')}: the tokenized prompt (add_generation_prompt=True) is not a prefix of "
+                f"sample {sample.id}: the tokenized prompt (add_generation_prompt=True) is not a prefix of "
                 "the tokenized prompt + answer; labels cannot be placed (check the chat template)"
             )
         completion = full_ids[len(prefix_ids) :]
@@ -155,7 +159,7 @@ class SpeechCollator:
             end = completion.index(self.eot_token_id) + 1
         except ValueError:
             raise ValueError(
-                f"sample {sample.get('id')}: no end-of-turn token (id {self.eot_token_id}) after the answer"
+                f"sample {sample.id}: no end-of-turn token (id {self.eot_token_id}) after the answer"
             ) from None
         completion = completion[:end]  # nothing after the end of turn is trained on or kept
         return prefix_ids + completion, [IGNORE_INDEX] * len(prefix_ids) + completion
@@ -189,10 +193,10 @@ class SpeechCollator:
             out_labels += labels[prev:]
         return out_ids, out_labels, starts
 
-    def _encode_chat(self, sample: dict[str, Any]) -> tuple[list[int], list[int] | None, list[np.ndarray]]:
+    def _encode_chat(self, sample: Sample) -> tuple[list[int], list[int] | None, list[np.ndarray]]:
         ids, labels = self._chat(sample)
-        audios = [sample["audio"]]
-        ids, labels, starts = self._expand(ids, labels, audios, sample.get("id"))
+        audios = [sample.audio]
+        ids, labels, starts = self._expand(ids, labels, audios, sample.id)
         if len(ids) > self.max_length:
             # Everything up to the first target token must fit: the prompt and its audio are never cut.
             prompt_len = (
@@ -200,16 +204,16 @@ class SpeechCollator:
             )
             if prompt_len >= self.max_length or labels is None:
                 raise _Overflow(
-                    f"sample {sample.get('id')}: prompt + audio take {prompt_len} tokens, max_length is {self.max_length}"
+                    f"sample {sample.id}: prompt + audio take {prompt_len} tokens, max_length is {self.max_length}"
                 )
             ids, labels = ids[: self.max_length], labels[: self.max_length]
         return ids, labels, audios
 
-    def _encode_mixed(self, sample: dict[str, Any]) -> tuple[list[int], list[int], list[np.ndarray]]:
-        segments = sample.get("segments")
+    def _encode_mixed(self, sample: Sample) -> tuple[list[int], list[int], list[np.ndarray]]:
+        segments = sample.segments
         if not segments:
             raise ValueError(
-                f"sample {sample.get('id')}: mixed mode needs `segments` (see llava.dataset.interleave)"
+                f"sample {sample.id}: mixed mode needs `segments` (see llava.dataset.interleave)"
             )
         tok = self.tokenizer
         ids: list[int] = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -229,7 +233,7 @@ class SpeechCollator:
                 labels += [IGNORE_INDEX] * n
                 audios.append(value)
             else:
-                raise ValueError(f"sample {sample.get('id')}: unknown segment kind {kind!r}")
+                raise ValueError(f"sample {sample.id}: unknown segment kind {kind!r}")
         eos = tok.eos_token_id
         if eos is not None:
             ids.append(eos)
@@ -243,9 +247,7 @@ class SpeechCollator:
             audios = [audios[i] for i in keep]
             ids, labels = ids[:cut], labels[:cut]
             if all(x == IGNORE_INDEX for x in labels):
-                raise _Overflow(
-                    f"sample {sample.get('id')}: no text token fits in max_length {self.max_length}"
-                )
+                raise _Overflow(f"sample {sample.id}: no text token fits in max_length {self.max_length}")
         return ids, labels, audios
 
     # ------------------------------------------------------------------------- batching
@@ -268,13 +270,15 @@ class SpeechCollator:
             length += m - length % m
         return length
 
-    def __call__(self, samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[Sample | Mapping[str, Any] | None]) -> dict[str, Any]:
         skipped: Counter[str] = Counter()
         ids_rows, label_rows, masks, audio_rows, kept = [], [], [], [], []
         for sample in samples:
             if sample is None:
                 skipped[BAD_AUDIO] += 1
                 continue
+            if not isinstance(sample, Sample):
+                sample = Sample.from_mapping(sample)
             try:
                 if self.mode == "chat":
                     ids, labels, audios = self._encode_chat(sample)
@@ -311,19 +315,17 @@ class SpeechCollator:
         if self.with_transcript:
             text_rows = []
             for sample in kept:
-                transcript = sample.get("transcript")
-                if not transcript or not str(transcript).strip():
-                    raise ValueError(
-                        f"sample {sample.get('id')}: with_transcript needs a non-empty transcript"
-                    )
-                text_rows.append(self._tokenize(str(transcript).strip())[: self.max_length])
+                transcript = sample.transcript
+                if not transcript or not transcript.strip():
+                    raise ValueError(f"sample {sample.id}: with_transcript needs a non-empty transcript")
+                text_rows.append(self._tokenize(transcript.strip())[: self.max_length])
             # The transcript side is always right-padded: it is pooled, never generated from.
             t_len = self._padded_length(text_rows)
             batch["text_input_ids"] = self._pad(text_rows, self.pad_token_id, t_len, "right")  # [B, Lt]
             text_mask = [[1] * len(r) for r in text_rows]
             batch["text_attention_mask"] = self._pad(text_mask, 0, t_len, "right")  # [B, Lt]
         if self.inference:
-            batch["ids"] = [s.get("id") for s in kept]
-            batch["meta"] = [{k: s.get(k) for k in _META_KEYS if k in s} for s in kept]
+            batch["ids"] = [s.id for s in kept]
+            batch["meta"] = [{k: getattr(s, k) for k in _META_KEYS} for s in kept]
         batch["skipped"] = dict(skipped)
         return batch

@@ -5,7 +5,7 @@ INPUTS_TEXT_LIST: prompts.json            # optional; default: the shipped llava
 DATA:
   - MuSTC:                                # dataset type (see DATASET_TYPES)
       datapath: ${DATA_ROOT}/MUSTC_v1.0   # ${VAR} and ${VAR:-default} are expanded
-      task: ST                            # ASR | ST | SQA | INSTRUCT
+      task: ST                            # a key of llava.dataset.tasks.TASKS (ASR | ST | SQA | META | INSTRUCT)
       languages: [en-de]
       partitions:
         train:                            # parquet stem
@@ -23,7 +23,14 @@ DATA:
 ```
 
 `files` and `columns` may also override the defaults of the named types. Keys the original configs
-carried without effect here (`additional_args`, `audio_nwp`, `OUTPUTS_TEXT_LIST`) are accepted.
+carried without effect here (`additional_args`, `audio_nwp`, `OUTPUTS_TEXT_LIST`) are accepted; a
+dataset's `no_punctuation: true` strips punctuation from its texts (as `--no_punctuation` does for all).
+The optional top-level `PROMPT_FORMAT` names the prompt layout of the config's data (a key of
+`llava.dataset.prompts.PROMPT_FORMATS`; a command-line `--prompt_format` takes precedence).
+
+The original repo's default `INPUTS_TEXT_LIST` (`llava/dataset/INPUTS_TEXT_LIST.json`) was never
+published: when a config names exactly that file and it does not exist, the shipped prompts are used
+(with a warning), so the original configs load unchanged.
 
 Everything is validated here, before any data is read: a malformed config raises `ConfigError` naming
 the file and the field (`data.yml: DATA[1].MuSTC.partitions.train.amount: ...`), and every parquet
@@ -34,6 +41,7 @@ then against the working directory (the original code used the working directory
 from __future__ import annotations
 
 import glob
+import logging
 import math
 import os
 import re
@@ -44,22 +52,22 @@ from typing import Any
 
 import yaml
 
+from llava.dataset.tasks import META_ATTRIBUTES, task_fields
+from llava.dataset.tasks import TASKS as TASK_REGISTRY
+
+logger = logging.getLogger(__name__)
+
 DEFAULT_PROMPTS_PATH = Path(__file__).with_name("prompts.json")
+# The instruction file the original configs name; it was never published (see the module docstring).
+ORIGINAL_PROMPTS_PATH = "llava/dataset/INPUTS_TEXT_LIST.json"
 DESTINATIONS = ("train", "eval", "test")
-TASKS = ("ASR", "ST", "SQA", "INSTRUCT")
+TASKS = tuple(TASK_REGISTRY)
 
 # Logical fields a source can provide; dataset types map them to their parquet column names.
-FIELDS = (
-    "audio",
-    "duration",
-    "transcript",
-    "translation",
-    "question",
-    "answer",
-    "prompt",
-    "target",
-    "word_boundaries",
-)
+FIELDS = tuple(dict.fromkeys(("audio", "duration", "transcript", "word_boundaries", *task_fields())))
+# Upper bound on the values of a config after YAML aliases are followed: a few aliases nested a few
+# levels deep ("billion laughs") would otherwise make environment expansion take minutes.
+MAX_CONFIG_VALUES = 100_000
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
@@ -144,6 +152,8 @@ _MUSTC_COLUMNS = {
     "duration": "duration",
 }
 _ASR_COLUMNS = {"audio": "audio", "transcript": "transcript", "duration": "duration"}
+# MLS with the speaker descriptions (parler-tts/mls-eng-speaker-descriptions): transcript + attributes.
+_MLS_COLUMNS = {**_ASR_COLUMNS, **{f: f for f in META_ATTRIBUTES}}
 _NWP_COLUMNS = {
     "audio": "audio",
     "transcript": "transcription",
@@ -158,7 +168,11 @@ GENERIC_TYPE = "Parquet"
 DATASET_TYPES: dict[str, DatasetType] = {
     "MuSTC": DatasetType("MuSTC", ("ASR", "ST"), _MUSTC_COLUMNS, ("{src}-{tgt}/{partition}.parquet",), True),
     "MuSTC_NWP": DatasetType(
-        "MuSTC_NWP", ("ASR",), _NWP_COLUMNS, ("{src}-{tgt}_{partition}_processed.parquet",), True
+        "MuSTC_NWP",
+        ("ASR",),
+        _NWP_COLUMNS,
+        ("{src}-{tgt}_{partition}_processed.parquet", "{src}-{tgt}_{partition}_processed*.parquet"),
+        True,
     ),
     "Gigaspeech": DatasetType(
         "Gigaspeech",
@@ -167,11 +181,20 @@ DATASET_TYPES: dict[str, DatasetType] = {
         # The original code spelled the folder `parque_files`; both spellings are accepted.
         ("parquet_files/gigaspeech_{partition}.parquet", "parque_files/gigaspeech_{partition}.parquet"),
     ),
-    "Giga_NWP": DatasetType(
-        "Giga_NWP", ("ASR",), _NWP_COLUMNS, ("{src}-{tgt}_{partition}_processed.parquet",), True
-    ),
+    # The original writes `{language}_{split}_processed.parquet` and reads `..._processed*.parquet`
+    # (shards); its configs give one language ("en").
+    "Giga_NWP": DatasetType("Giga_NWP", ("ASR",), _NWP_COLUMNS, ("{lang}_{partition}_processed*.parquet",)),
     "MLS": DatasetType(
-        "MLS", ("ASR",), _ASR_COLUMNS, ("{src}/{partition}.parquet", "mls_{src}_{partition}.parquet")
+        "MLS",
+        ("META", "ASR"),
+        _MLS_COLUMNS,
+        (
+            # the original's layout: training shards and one test file under parquet_files/
+            "parquet_files/mls_{partition}_chunk_*.parquet",
+            "parquet_files/mls_{partition}.parquet",
+            "{src}/{partition}.parquet",
+            "mls_{src}_{partition}.parquet",
+        ),
     ),
     "Spoken_SQuAD": DatasetType(
         "Spoken_SQuAD", ("SQA",), _SQA_COLUMNS, ("spoken_squad_{partition}.parquet",)
@@ -181,9 +204,18 @@ DATASET_TYPES: dict[str, DatasetType] = {
 
 # Keys the original configs may carry that have no effect here.
 _IGNORED_DATASET_KEYS = ("additional_args", "audio_nwp", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST")
-_DATASET_KEYS = ("datapath", "task", "languages", "partitions", "files", "columns", *_IGNORED_DATASET_KEYS)
+_DATASET_KEYS = (
+    "datapath",
+    "task",
+    "languages",
+    "partitions",
+    "files",
+    "columns",
+    "no_punctuation",
+    *_IGNORED_DATASET_KEYS,
+)
 _PARTITION_KEYS = ("amount", "min_duration", "max_duration", "destination", "weight")
-_TOP_KEYS = ("DATA", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST")
+_TOP_KEYS = ("DATA", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST", "PROMPT_FORMAT")
 
 
 # ----------------------------------------------------------------------------- parsed config
@@ -204,13 +236,17 @@ class SourceSpec:
     """One parquet file to read, fully resolved: what the dataset code consumes."""
 
     dataset_type: str  # key of DATASET_TYPES
-    task: str  # ASR | ST | SQA | INSTRUCT
+    task: str  # key of llava.dataset.tasks.TASKS
     path: Path  # the parquet file (exists)
     partition: PartitionConfig
     columns: Mapping[str, str]  # logical field -> parquet column
     source_language: str | None  # e.g. "en"
     target_language: str | None  # e.g. "de" (ST); None for monolingual data
     field: str  # config location for messages, e.g. "data.yml: DATA[0].MuSTC.partitions.train"
+    # The file's part of the row ids: its stem, or its path below datapath (no suffix) when a globbed
+    # partition matched two files with the same stem, so ids are unique within a partition.
+    file_key: str = ""
+    no_punctuation: bool = False  # strip [^\w\s] from this source's texts
 
     @property
     def language(self) -> str:
@@ -220,9 +256,10 @@ class SourceSpec:
 
     @property
     def name(self) -> str:
-        """Label for sample ids and skip summaries, `{type}.{task}.{language}:{file stem}`: unique when one
-        file serves two tasks (MuSTC ASR and ST) or two language pairs share a stem (en-de/train)."""
-        return f"{self.dataset_type}.{self.task}.{self.language}:{self.path.stem}"
+        """Label for sample ids and skip summaries, `{type}.{task}.{language}:{file key}`: unique when one
+        file serves two tasks (MuSTC ASR and ST), two language pairs share a stem (en-de/train) or a
+        glob matches two files with the same stem (`a/train`, `b/train`)."""
+        return f"{self.dataset_type}.{self.task}.{self.language}:{self.file_key or self.path.stem}"
 
 
 @dataclass
@@ -231,12 +268,13 @@ class DatasetEntry:
 
     dataset_type: str  # key of DATASET_TYPES
     datapath: Path  # root folder of the dataset
-    task: str  # ASR | ST | SQA | INSTRUCT
+    task: str  # key of llava.dataset.tasks.TASKS
     languages: list[str]  # "en", or "src-tgt" pairs
     partitions: list[PartitionConfig]
     columns: dict[str, str]  # logical field -> parquet column (type defaults + overrides)
     file_templates: tuple[str, ...]  # where the parquet files are, relative to datapath
     index: int  # position in DATA, for messages
+    no_punctuation: bool = False  # strip [^\w\s] from the texts of this dataset
 
 
 @dataclass
@@ -248,11 +286,27 @@ class DataConfig:
     outputs_text_list: Path | None  # accepted for compatibility; unused
     datasets: list[DatasetEntry]
     sources: list[SourceSpec] = field(default_factory=list)
+    prompt_format: str | None = None  # the config's PROMPT_FORMAT; None: the caller's default
 
     def for_destination(self, destination: str) -> list[SourceSpec]:
+        """The sources of one destination; for `test`, every task must have a metric (ConfigError)."""
         if destination not in DESTINATIONS:
             raise ValueError(f"unknown destination {destination!r}; known: {list(DESTINATIONS)}")
-        return [s for s in self.sources if s.partition.destination == destination]
+        specs = [s for s in self.sources if s.partition.destination == destination]
+        if destination == "test":
+            self.check_scorable(specs)
+        return specs
+
+    def check_scorable(self, specs: list[SourceSpec]) -> None:
+        """A test partition whose task names no metric cannot be scored: ConfigError naming the field."""
+        for spec in specs:
+            if not TASK_REGISTRY[spec.task].metrics:
+                scorable = [n for n, t in TASK_REGISTRY.items() if t.metrics]
+                where = spec.field.rsplit(".partitions.", 1)[0]
+                raise ConfigError(
+                    f"{where}.task: task {spec.task!r} has no metric, so its test partition "
+                    f"{spec.partition.name!r} cannot be scored; tasks with metrics: {scorable}"
+                )
 
 
 # ----------------------------------------------------------------------------- parsing
@@ -264,6 +318,34 @@ class _Ctx:
 
     def error(self, where: str, msg: str) -> ConfigError:
         return ConfigError(f"{self.path.name}: {where}: {msg}" if where else f"{self.path.name}: {msg}")
+
+
+def _count_values(value: Any, memo: dict[int, int]) -> int:
+    """Values in a parsed YAML document with every alias followed, computed once per shared object."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    if isinstance(value, list):
+        n = 1 + sum(_count_values(v, memo) for v in value)
+    elif isinstance(value, dict):
+        n = 1 + sum(_count_values(v, memo) for v in value.values())
+    else:
+        n = 1
+    memo[key] = n
+    return n
+
+
+def _check_size(raw: Any, ctx: _Ctx) -> None:
+    try:
+        n = _count_values(raw, {})
+    except RecursionError:
+        raise ctx.error("", "the config is nested too deeply") from None
+    if n > MAX_CONFIG_VALUES:
+        raise ctx.error(
+            "",
+            f"the config expands to {n} values (more than {MAX_CONFIG_VALUES}); "
+            "YAML aliases (*name) nested inside each other multiply it",
+        )
 
 
 def _expand_env(value: Any, ctx: _Ctx, where: str) -> Any:
@@ -407,13 +489,19 @@ def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:
                     f"bad template {template!r} ({exc}); placeholders: {{src}} {{tgt}} {{lang}} {{partition}}",
                 ) from None
 
+    no_punctuation = body.get("no_punctuation", False)
+    if not isinstance(no_punctuation, bool):
+        raise ctx.error(f"{where}.no_punctuation", f"expected true or false, got {no_punctuation!r}")
+
     parts = body.get("partitions")
     if not isinstance(parts, dict) or not parts:
         raise ctx.error(
             f"{where}.partitions", f"expected a non-empty mapping of parquet stems, got {parts!r}"
         )
     partitions = [_parse_partition(n, s, ctx, f"{where}.partitions.{n}") for n, s in parts.items()]
-    return DatasetEntry(type_name, datapath, task, languages, partitions, columns, templates, index)
+    return DatasetEntry(
+        type_name, datapath, task, languages, partitions, columns, templates, index, no_punctuation
+    )
 
 
 def _find_files(entry: DatasetEntry, lang: str, part: PartitionConfig, ctx: _Ctx, where: str) -> list[Path]:
@@ -448,6 +536,7 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
     unknown = sorted(set(raw) - set(_TOP_KEYS))
     if unknown:
         raise ctx.error(unknown[0], f"unknown key; known keys: {list(_TOP_KEYS)}")
+    _check_size(raw, ctx)
     raw = _expand_env(raw, ctx, "")
     base = path.resolve().parent
 
@@ -459,7 +548,23 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
             )
         prompts_path = _resolve(raw["INPUTS_TEXT_LIST"], base)
         if not prompts_path.is_file():
-            raise ctx.error("INPUTS_TEXT_LIST", f"prompt file not found: {prompts_path}")
+            if Path(raw["INPUTS_TEXT_LIST"]).as_posix().lstrip("./") != ORIGINAL_PROMPTS_PATH:
+                raise ctx.error("INPUTS_TEXT_LIST", f"prompt file not found: {prompts_path}")
+            logger.warning(
+                "%s: INPUTS_TEXT_LIST %s (the original repo's unpublished file) not found; using %s",
+                path.name,
+                raw["INPUTS_TEXT_LIST"],
+                DEFAULT_PROMPTS_PATH,
+            )
+            prompts_path = DEFAULT_PROMPTS_PATH
+    prompt_format = raw.get("PROMPT_FORMAT")
+    if prompt_format is not None:
+        from llava.dataset.prompts import PROMPT_FORMATS  # prompts imports this module
+
+        if prompt_format not in PROMPT_FORMATS:
+            raise ctx.error(
+                "PROMPT_FORMAT", f"unknown prompt format {prompt_format!r}; known: {list(PROMPT_FORMATS)}"
+            )
     outputs = raw.get("OUTPUTS_TEXT_LIST")
     outputs_path = _resolve(outputs, base) if isinstance(outputs, str) else None
 
@@ -481,7 +586,8 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
                         src=src, tgt=tgt or "", lang=lang, partition=part.name
                     )
                     files = [entry.datapath / rel]
-                for f in files:
+                keys = _file_keys(files, entry.datapath)
+                for f, key in zip(files, keys):
                     sources.append(
                         SourceSpec(
                             dataset_type=entry.dataset_type,
@@ -492,6 +598,24 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
                             source_language=src,
                             target_language=tgt,
                             field=f"{path.name}: {where}",
+                            file_key=key,
+                            no_punctuation=entry.no_punctuation,
                         )
                     )
-    return DataConfig(path, prompts_path, outputs_path, entries, sources)
+    return DataConfig(path, prompts_path, outputs_path, entries, sources, prompt_format)
+
+
+def _file_keys(files: list[Path], datapath: Path) -> list[str]:
+    """Per file of one partition, its part of the row ids: the stem, or - when two files share a stem -
+    the path below `datapath` without suffix (distinct paths give distinct keys)."""
+    stems = [f.stem for f in files]
+    if len(set(stems)) == len(stems):
+        return stems
+    keys = []
+    for f in files:
+        try:
+            rel = f.resolve().relative_to(datapath.resolve())
+        except ValueError:  # an absolute template outside datapath
+            rel = f.resolve()
+        keys.append(rel.with_suffix("").as_posix())
+    return keys

@@ -6,10 +6,18 @@ train_ds = SpeechDataset.from_config("scripts/data_configs/finetune_mixed_tasks.
 eval_ds = SpeechDataset.from_config("eval/mustc_tst_common_st.yml", "test")   # fixed prompts
 ```
 
-Item i is a Sample (docs/architecture.md), or None when its audio fails to decode: the failure is
-counted in `dataset.skips` (in the process that decoded it) and the collator drops the None and
-reports it in the batch. Rows that fail metadata checks were already removed at construction, so
-None is rare. With `strict=True` every bad row raises instead.
+Item i is a `Sample` (llava.dataset.sample), or None when its audio fails to decode: the failure is
+counted once per row in `dataset.skips` (in the process that decoded it; a row fetched again in a
+later epoch is not counted twice) and the collator drops the None and reports it in the batch. Rows
+that fail metadata checks were already removed at construction, so None is rare. With `strict=True`
+every bad row raises instead.
+
+Public per-item metadata that needs no audio decoding: `row_id(i)` / `row_ids()` (unique: a
+duplicate is an error at construction), `task_name(i)` and `reference(i)` (the scoring references).
+
+Prompts: `prompt_format` (a key of `llava.dataset.prompts.PROMPT_FORMATS`, default "original") lays
+out the user turn; `instruction_sampling` (fixed | random, default: the layout's) picks the
+instruction; evaluation (`train=False`) always takes the fixed one.
 
 Mixing: a partition's `weight` is the expected number of times each of its rows is used per training
 epoch (2.0 = every row twice, 0.5 = a seeded half of the rows); weights are ignored outside training.
@@ -22,7 +30,6 @@ import logging
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -30,15 +37,14 @@ from torch.utils.data import Dataset
 from llava.dataset.audio import DEFAULT_SAMPLING_RATE, AudioDecodeError
 from llava.dataset.config import ConfigError, DataConfig, load_data_config
 from llava.dataset.interleave import InterleaveOptions, interleave
-from llava.dataset.prompts import PromptBank
+from llava.dataset.prompts import DEFAULT_PROMPT_FORMAT, PromptBank, Prompter
+from llava.dataset.sample import Sample
 from llava.dataset.seeding import stable_rng
-from llava.dataset.skips import DataError, SkipCounter
+from llava.dataset.skips import BAD_WORD_BOUNDARIES, DataError, SkipCounter
 from llava.dataset.sources import ParquetSource
 
 logger = logging.getLogger(__name__)
 
-# Tasks whose prompts always come from the prompt bank (SQA and INSTRUCT usually carry their own).
-_BANK_TASKS = ("ASR", "ST")
 _MAX_WARNINGS = 20
 
 
@@ -56,23 +62,32 @@ class SpeechDataset(Dataset):
         interleave_options: InterleaveOptions | None = None,
         strict: bool = False,
         skips: SkipCounter | None = None,
+        prompt_format: str = DEFAULT_PROMPT_FORMAT,
+        instruction_sampling: str | None = None,
+        no_punctuation: bool = False,
     ):
         """
         Args:
             sources: loaded parquet sources (their weights come from their partition configs).
-            prompts: the prompt bank; default the shipped prompts.json.
-            train: seeded random prompts and weighted mixing; False: first prompt, every row once.
+            prompts: the instruction bank; default the shipped prompts.json.
+            train: weighted mixing and (with random sampling) seeded instructions; False: the fixed
+                instruction, every row once.
             seed: seeds prompt choice, subsets, weights and interleaving.
             data_subset: keep this fraction (0, 1] of every source; None keeps all.
             interleave_options: add `segments` (mixed speech-text) to every sample; sources must then
                 have been loaded with `need_word_boundaries=True`.
             strict: raise on a sample whose audio fails to decode instead of returning None.
             skips: counter shared with the sources (default: a new one).
+            prompt_format: user-turn layout, a key of PROMPT_FORMATS (ValueError naming --prompt_format).
+            instruction_sampling: fixed | random; None: the layout's default.
+            no_punctuation: delete punctuation from transcripts, word-boundary words and targets.
         """
         if data_subset is not None and not 0 < data_subset <= 1:
             raise ValueError(f"data_subset must lie in (0, 1], got {data_subset}")
         self.sources = list(sources)
         self.prompts = prompts if prompts is not None else PromptBank.load()
+        self.prompter = Prompter(self.prompts, prompt_format, instruction_sampling)
+        self.no_punctuation = no_punctuation
         self.train = train
         self.seed = seed
         self.data_subset = data_subset
@@ -82,11 +97,9 @@ class SpeechDataset(Dataset):
         self.epoch = 0
         self.sampling_rate = self.sources[0].sampling_rate if self.sources else DEFAULT_SAMPLING_RATE
         self._warned = 0
-        for task in sorted({s.task for s in self.sources}):
-            if task in _BANK_TASKS and task not in self.prompts.tasks:
-                raise ConfigError(
-                    f"{self.prompts.source}: no prompts for task {task!r}; tasks: {self.prompts.tasks}"
-                )
+        self._failed: set[str] = set()  # ids of rows whose failure is already counted (this process)
+        self.prompter.check_tasks([s.task_def for s in self.sources])
+        self._check_unique_ids()
 
         parts = []
         for s_idx, src in enumerate(self.sources):
@@ -110,6 +123,23 @@ class SpeechDataset(Dataset):
             else np.zeros(0)
         )  # [M] seconds, for the duration-bucketed sampler
 
+    def _check_unique_ids(self) -> None:
+        """Row ids are `{source name}:{file row}`: two sources with one name would share ids."""
+        seen: dict[str, ParquetSource] = {}
+        for src in self.sources:
+            other = seen.setdefault(src.name, src)
+            if other is not src:
+                same = other.spec.path.resolve() == src.spec.path.resolve()
+                raise DataError(
+                    f"duplicate row ids {src.name}:*: {src.spec.field} ({src.spec.path}) and "
+                    f"{other.spec.field} ({other.spec.path}) "
+                    + (
+                        "read the same file for the same task; list it once (use `weight` to repeat it)"
+                        if same
+                        else "give the same ids; rename one of the files or give the entries different languages"
+                    )
+                )
+
     def _groups(self):
         # Rows are stored source by source, so the per-source runs are contiguous.
         bounds = np.flatnonzero(np.diff(self.index[:, 0])) + 1
@@ -130,11 +160,15 @@ class SpeechDataset(Dataset):
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
         strict: bool = False,
         check_audio: bool = True,
+        prompt_format: str | None = None,
+        instruction_sampling: str | None = None,
+        no_punctuation: bool = False,
     ) -> SpeechDataset:
         """Build the dataset of one destination (train | eval | test) of a YAML data config.
 
         `train` defaults to `destination == "train"`. `check_audio` reads every row's audio header at
-        load so unreadable/empty audio is skipped before training starts.
+        load so unreadable/empty audio is skipped (and the real durations used) before training starts.
+        `prompt_format` None takes the config's `PROMPT_FORMAT`, else "original".
         """
         cfg = config if isinstance(config, DataConfig) else load_data_config(config)
         specs = cfg.for_destination(destination)
@@ -162,6 +196,9 @@ class SpeechDataset(Dataset):
             interleave_options=interleave_options,
             strict=strict,
             skips=skips,
+            prompt_format=prompt_format or cfg.prompt_format or DEFAULT_PROMPT_FORMAT,
+            instruction_sampling=instruction_sampling,
+            no_punctuation=no_punctuation,
         )
         if len(ds) == 0:
             raise DataError(f"{cfg.path}: no usable {destination} samples; {skips.summary()}")
@@ -177,36 +214,58 @@ class SpeechDataset(Dataset):
         self.epoch = int(epoch)
 
     def source_of(self, i: int) -> ParquetSource:
+        """The source item i comes from."""
         return self.sources[int(self.index[i, 0])]
 
-    def task_of(self, i: int) -> str:
+    def row_id(self, i: int) -> str:
+        """The stable id of item i (`{type}.{task}.{language}:{file}:{file row}`)."""
+        s, k = (int(x) for x in self.index[i])
+        return self.sources[s].row_id(k)
+
+    def row_ids(self) -> list[str]:
+        """The ids of every item, in order (a row repeated by a mixing weight repeats its id)."""
+        return [self.row_id(i) for i in range(len(self))]
+
+    def task_name(self, i: int) -> str:
+        """The task (a key of llava.dataset.tasks.TASKS) of item i."""
         return self.source_of(i).task
 
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
+    def reference(self, i: int) -> list[str]:
+        """The scoring references of item i (SQA: every gold answer; otherwise [target]), read from
+        the row's metadata without decoding audio."""
         s, k = (int(x) for x in self.index[i])
-        src = self.sources[s]
-        rng = stable_rng(self.seed, "prompt", src.row_id(k), self.epoch) if self.train else None
-        try:
-            sample = src.sample(k, self.prompts, rng)
-        except AudioDecodeError as exc:
-            msg = f"{src.spec.path}: row {src.row_id(k)}: {exc.reason}: {exc}"
-            if self.strict:
-                raise DataError(msg) from exc
-            self.skips.add(exc.reason, 1, src.name)
+        return self.sources[s].reference(k, no_punctuation=self.no_punctuation)
+
+    def _fail(self, src: ParquetSource, row_id: str, reason: str, msg: str, exc: Exception | None) -> None:
+        if self.strict:
+            raise DataError(msg) from exc
+        if row_id not in self._failed:  # a row fetched again (next epoch, weight > 1) counts once
+            self._failed.add(row_id)
+            self.skips.add(reason, 1, src.name)
             if self._warned < _MAX_WARNINGS:
                 self._warned += 1
                 logger.warning("skipping sample: %s", msg)
+
+    def __getitem__(self, i: int) -> Sample | None:
+        s, k = (int(x) for x in self.index[i])
+        src = self.sources[s]
+        row_id = src.row_id(k)
+        rng = stable_rng(self.seed, "prompt", row_id, self.epoch) if self.train else None
+        try:
+            sample = src.sample(k, self.prompter, rng, no_punctuation=self.no_punctuation)
+        except AudioDecodeError as exc:
+            self._fail(src, row_id, exc.reason, f"{src.spec.path}: row {row_id}: {exc.reason}: {exc}", exc)
             return None
         if self.interleave_options is not None:
-            if not sample["word_boundaries"]:
-                raise DataError(f"{src.spec.path}: row {sample['id']}: interleaving needs word_boundaries")
-            sample["segments"] = interleave(
-                sample["word_boundaries"],
-                sample["audio"],
-                sample["id"],
-                self.interleave_options,
-                self.sampling_rate,
+            if not sample.word_boundaries:
+                # Validated at load; only --no_punctuation can leave a row without any word.
+                msg = f"{src.spec.path}: row {row_id}: {BAD_WORD_BOUNDARIES}: no word left to interleave"
+                self._fail(src, row_id, BAD_WORD_BOUNDARIES, msg, None)
+                return None
+            segments = interleave(
+                sample.word_boundaries, sample.audio, row_id, self.interleave_options, self.sampling_rate
             )
+            sample = sample.with_changes(segments=segments)
         return sample
 
     def summary(self) -> str:

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ import soundfile as sf
 from llava.constants import AUDIO_TOKEN
 from llava.dataset.audio import encode_audio
 from llava.dataset.prompts import attach_audio
+from llava.fileio import atomic_path
 
 AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 
@@ -43,52 +43,46 @@ class ImportFormatError(ValueError):
 
 
 def write_parquet(rows: Iterable[dict[str, Any]], path: str | os.PathLike, row_group_size: int = 256) -> int:
-    """Write dict rows to a parquet file atomically; an `audio` column gets the `{bytes, path}` struct
-    type. Returns the number of rows written."""
+    """Write dict rows to a parquet file atomically, with the usual file mode (umask applied); an
+    `audio` column gets the `{bytes, path}` struct type. Returns the number of rows written."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     writer: pq.ParquetWriter | None = None
     count = 0
 
-    def flush(batch: list[dict[str, Any]]) -> None:
-        nonlocal writer
-        if writer is None:
-            table = pa.Table.from_pylist(batch)
-            if "audio" in table.column_names and pa.types.is_struct(table.schema.field("audio").type):
-                names = {f.name for f in table.schema.field("audio").type}
-                if names <= {"bytes", "path"}:
-                    table = table.set_column(
-                        table.column_names.index("audio"),
-                        pa.field("audio", AUDIO_TYPE),
-                        pa.array([r["audio"] for r in batch], type=AUDIO_TYPE),
-                    )
-            writer = pq.ParquetWriter(tmp, table.schema)
-        else:
-            table = pa.Table.from_pylist(batch, schema=writer.schema)
-        writer.write_table(table, row_group_size=row_group_size)
+    with atomic_path(path) as tmp:
 
-    try:
-        batch: list[dict[str, Any]] = []
-        for row in rows:
-            batch.append(row)
-            count += 1
-            if len(batch) >= row_group_size:
+        def flush(batch: list[dict[str, Any]]) -> None:
+            nonlocal writer
+            if writer is None:
+                table = pa.Table.from_pylist(batch)
+                if "audio" in table.column_names and pa.types.is_struct(table.schema.field("audio").type):
+                    names = {f.name for f in table.schema.field("audio").type}
+                    if names <= {"bytes", "path"}:
+                        table = table.set_column(
+                            table.column_names.index("audio"),
+                            pa.field("audio", AUDIO_TYPE),
+                            pa.array([r["audio"] for r in batch], type=AUDIO_TYPE),
+                        )
+                writer = pq.ParquetWriter(tmp, table.schema)
+            else:
+                table = pa.Table.from_pylist(batch, schema=writer.schema)
+            writer.write_table(table, row_group_size=row_group_size)
+
+        try:
+            batch: list[dict[str, Any]] = []
+            for row in rows:
+                batch.append(row)
+                count += 1
+                if len(batch) >= row_group_size:
+                    flush(batch)
+                    batch = []
+            if batch or writer is None:
+                if not batch:
+                    raise ValueError(f"{path}: nothing to write (no rows)")
                 flush(batch)
-                batch = []
-        if batch or writer is None:
-            if not batch:
-                raise ValueError(f"{path}: nothing to write (no rows)")
-            flush(batch)
-        writer.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+        finally:
+            if writer is not None:
+                writer.close()
     return count
 
 

@@ -1,7 +1,10 @@
 """Mixed speech-text sequences from word boundaries (the interleaved NWP pretraining variant).
 
 The words of an utterance are split into consecutive spans that alternate between text (4-10 words)
-and speech (2-5 words); the first span's modality is random. A speech span is the audio between its
+and speech (2-5 words); the first span's modality is random. The rules are the original's: while at
+least 6 words (the two minimum span lengths) remain, a span of the current modality takes a drawn
+number of words; fewer remaining words become one final span of the other modality than the span
+before it, so an utterance under 6 words stays entirely text. A speech span is the audio between its
 first word's start and its last word's end, encoded on its own by encoder + projector. Every word
 appears exactly once, in order, in exactly one modality. The draw depends only on (seed, sample id),
 so a sample is interleaved the same way in every worker and every rerun.
@@ -42,20 +45,27 @@ def plan_spans(
 ) -> list[tuple[str, int, int]]:
     """Alternating spans `(modality, first_word, end_word_exclusive)` covering words [0, num_words).
 
-    The last span may be shorter than its range's minimum when the words run out.
+    While at least `text_words[0] + speech_words[0]` words remain, the current modality takes
+    `rng.integers(lo, min(hi, remaining) + 1)` words; a smaller remainder becomes one final span of the
+    other modality than the previous span (text when there is none), so short utterances stay text.
     """
     for lo, hi in (text_words, speech_words):
         if not 1 <= lo <= hi:
             raise ValueError(f"bad span range {(lo, hi)}")
     spans: list[tuple[str, int, int]] = []
     modality = TEXT if rng.random() < 0.5 else AUDIO
+    least = text_words[0] + speech_words[0]  # below this, no text span and speech span both fit
     pos = 0
     while pos < num_words:
+        remaining = num_words - pos
+        if remaining < least:
+            last = spans[-1][0] if spans else None
+            spans.append((AUDIO if last == TEXT else TEXT, pos, num_words))
+            break
         lo, hi = text_words if modality == TEXT else speech_words
-        n = int(rng.integers(lo, hi + 1))
-        end = min(pos + n, num_words)
-        spans.append((modality, pos, end))
-        pos = end
+        n = int(rng.integers(lo, min(hi, remaining) + 1))
+        spans.append((modality, pos, pos + n))
+        pos += n
         modality = AUDIO if modality == TEXT else TEXT
     return spans
 

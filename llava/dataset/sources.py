@@ -1,9 +1,14 @@
-"""One parquet file as a lazy source of Samples (see docs/architecture.md for the Sample contract).
+"""One parquet file as a lazy source of Samples (`llava.dataset.sample.Sample`).
 
 Loading reads the metadata columns and the still-encoded audio column with pyarrow and filters rows
 with vectorised checks (slice, null/empty text, duration bounds, audio headers); nothing is decoded.
-`sample(k)` decodes one row's audio and builds the task's prompt/target. Rows that fail a check are
-skipped and counted in a `SkipCounter` (strict mode raises `DataError` instead).
+`sample(k)` decodes one row's audio and builds the Sample: prompt, target and references come from
+the row's task (`llava.dataset.tasks`) and the prompt layout (`llava.dataset.prompts.Prompter`).
+Rows that fail a check are skipped and counted in a `SkipCounter` (strict mode raises `DataError`).
+
+Durations: the audio header (read at load when `check_audio`, the default) gives the real duration,
+which the duration bounds use; a `duration` column that disagrees by more than 10 % is reported with a
+warning. Without the header check the column is trusted.
 
 Memory: the selected row range of the audio column is held in Arrow buffers (encoded bytes, not
 waveforms); forked DataLoader workers share them copy-on-write.
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import re
 from typing import Any
 
 import numpy as np
@@ -34,20 +39,24 @@ from llava.dataset.audio import (
     decode_audio,
 )
 from llava.dataset.config import SourceSpec
-from llava.dataset.prompts import PromptBank, attach_audio
+from llava.dataset.prompts import Prompter
+from llava.dataset.sample import Sample
 from llava.dataset.skips import DataError, SkipCounter
+from llava.dataset.tasks import Task, get_task
 
 logger = logging.getLogger(__name__)
 
-# Fields a task cannot do without (on top of `audio`).
-TASK_FIELDS: dict[str, tuple[str, ...]] = {
-    "ASR": ("transcript",),
-    "ST": ("translation",),
-    "SQA": ("question", "answer"),
-    "INSTRUCT": ("target",),
-}
-# Fields read when present.
-OPTIONAL_FIELDS = ("transcript", "duration", "word_boundaries", "prompt")
+# Fields read when present (besides those the task requires).
+OPTIONAL_FIELDS = ("transcript", "duration", "word_boundaries")
+# A duration column further than this fraction from the audio's real duration is reported.
+DURATION_TOLERANCE = 0.10
+# What `--no_punctuation` deletes (the original's rule): everything but word characters and blanks.
+PUNCTUATION = re.compile(r"[^\w\s]")
+
+
+def strip_punctuation(text: str) -> str:
+    """`text` without punctuation (`[^\\w\\s]`): "don't, well-known" -> "dont wellknown"."""
+    return PUNCTUATION.sub("", text)
 
 
 def parse_word_boundaries(value: Any) -> list[list]:
@@ -124,11 +133,10 @@ class ParquetSource:
         need_word_boundaries: bool = False,
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
     ):
-        if spec.task not in TASK_FIELDS:
-            raise ValueError(f"unknown task {spec.task!r}; known tasks: {list(TASK_FIELDS)}")
         self.spec = spec
         self.name = spec.name
         self.task = spec.task
+        self.task_def: Task = get_task(spec.task)
         self.strict = strict
         self.sampling_rate = sampling_rate
         self.skips = skips if skips is not None else SkipCounter()
@@ -136,6 +144,7 @@ class ParquetSource:
         self.rows = np.zeros(0, dtype=np.int64)  # kept rows, indices into the loaded slice
         self.durations = np.zeros(0, dtype=np.float64)  # [len(self)] seconds
         self.first_row = 0  # file row of slice row 0 (for ids)
+        self.duration_mismatches = 0  # rows whose duration column disagreed with the audio
         self._cols: dict[str, pa.ChunkedArray] = {}
         self._load(need_word_boundaries, check_audio)
 
@@ -163,7 +172,8 @@ class ParquetSource:
         self.first_row = start
         self.skips.seen += n
 
-        required = ["audio", *TASK_FIELDS[self.task]] + (["word_boundaries"] if need_word_boundaries else [])
+        task = self.task_def
+        required = ["audio", *task.required_fields] + (["word_boundaries"] if need_word_boundaries else [])
         missing = [f for f in required if spec.columns.get(f, f) not in names]
         if missing:
             cols = ", ".join(f"'{spec.columns.get(f, f)}' ({f})" for f in missing)
@@ -173,8 +183,11 @@ class ParquetSource:
             logger.warning("%s; skipping its %d rows", msg, n)
             self.skips.add(R.MISSING_COLUMN, n, self.name)
             return
+        optional = (*OPTIONAL_FIELDS, task.question_field, task.instruction_field)
         fields = required + [
-            f for f in OPTIONAL_FIELDS if f not in required and spec.columns.get(f, f) in names
+            f
+            for f in dict.fromkeys(optional)
+            if f is not None and f not in required and spec.columns.get(f, f) in names
         ]
         table = self._read_rows(pf, [spec.columns.get(f, f) for f in fields], start, stop)
         self._cols = {f: table.column(spec.columns.get(f, f)) for f in fields}
@@ -191,11 +204,11 @@ class ParquetSource:
         self._index_audio_chunks()
 
         keep = np.ones(n, dtype=bool)
-        for f in TASK_FIELDS[self.task]:
+        for f in task.required_fields:
             null, empty = _empty_text_mask(self._cols[f])
             self._skip(R.MISSING_VALUE, null, keep, f"'{spec.columns.get(f, f)}' is null")
             self._skip(R.EMPTY_TEXT, empty, keep, f"'{spec.columns.get(f, f)}' is empty")
-        for f in ("question", "prompt"):
+        for f in (task.question_field, task.instruction_field):
             if f in self._cols and self._cols[f].type in (pa.string(), pa.large_string()):
                 extra = pc.fill_null(pc.count_substring(self._cols[f], AUDIO_TOKEN), 0).to_numpy(
                     zero_copy_only=False
@@ -211,7 +224,8 @@ class ParquetSource:
                 raise DataError(f"{path}: column '{name}' is not numeric seconds: {exc}") from None
             durations = np.array(col.to_numpy(zero_copy_only=False), dtype=np.float64)  # writable copy
         if check_audio or np.isnan(durations).any():
-            self._check_audio(keep, durations, check_all=check_audio)
+            measured = self._check_audio(keep, durations, check_all=check_audio)
+            self._use_measured(durations, measured, keep)
         lo, hi = spec.partition.min_duration, spec.partition.max_duration
         with np.errstate(invalid="ignore"):
             if lo is not None:
@@ -272,9 +286,35 @@ class ParquetSource:
             else:
                 self._audio_chunks.append({"_": chunk})
 
-    def _check_audio(self, keep: np.ndarray, durations: np.ndarray, check_all: bool) -> None:
-        """Header-level checks (readable, non-empty, finite decoded arrays); fills missing durations."""
+    def _use_measured(self, durations: np.ndarray, measured: np.ndarray, keep: np.ndarray) -> None:
+        """Replace column durations by the measured ones (in place), warning when they disagree."""
+        known = np.isfinite(measured) & keep
+        with np.errstate(invalid="ignore"):
+            off = (
+                known
+                & np.isfinite(durations)
+                & (np.abs(durations - measured) > DURATION_TOLERANCE * measured)
+            )
+        if off.any():
+            r = int(np.flatnonzero(off)[0])
+            logger.warning(
+                "%s: %d row(s) whose duration column differs from the audio by more than %d %% "
+                "(e.g. row %d: column %.3g s, audio %.3g s); the audio's duration is used",
+                self.spec.path,
+                int(off.sum()),
+                round(DURATION_TOLERANCE * 100),
+                self.first_row + r,
+                durations[r],
+                measured[r],
+            )
+        self.duration_mismatches = int(off.sum())
+        durations[known] = measured[known]
+
+    def _check_audio(self, keep: np.ndarray, durations: np.ndarray, check_all: bool) -> np.ndarray:
+        """Header-level checks (readable, non-empty, finite decoded arrays); returns the measured
+        durations ([n] seconds, NaN where the header was not read or is unusable)."""
         reasons: dict[str, np.ndarray] = {}
+        measured = np.full(len(keep), np.nan)
 
         def mark(reason: str, r: int) -> None:
             reasons.setdefault(reason, np.zeros(len(keep), dtype=bool))[r] = True
@@ -309,8 +349,8 @@ class ParquetSource:
             self._skip(EMPTY, lengths == 0, keep, "audio array is empty")
             self._skip(UNDECODABLE, sr <= 0, keep, "sampling_rate missing or not positive")
             self._skip(NON_FINITE, nonfinite, keep, "audio array holds NaN or inf")
-            fill = np.isnan(durations) & keep
-            durations[fill] = lengths[fill] / sr[fill]
+            ok = keep & (sr > 0)
+            measured[ok] = lengths[ok] / sr[ok]
         else:
             for r in np.flatnonzero(keep):
                 r = int(r)
@@ -323,12 +363,14 @@ class ParquetSource:
                     continue
                 if frames <= 0:
                     mark(EMPTY, r)
-                elif np.isnan(durations[r]):
-                    durations[r] = frames / sr
+                else:
+                    measured[r] = frames / sr
         for reason, mask in reasons.items():
             self._skip(reason, mask, keep)
-        # A row whose duration is still unknown could not be measured: its audio is unusable.
-        self._skip(UNDECODABLE, np.isnan(durations), keep, "no duration and unreadable audio header")
+        # A row whose duration is unknown either way could not be measured: its audio is unusable.
+        unknown = np.isnan(durations) & np.isnan(measured)
+        self._skip(UNDECODABLE, unknown, keep, "no duration and unreadable audio header")
+        return measured
 
     # ------------------------------------------------------------------------- access
     def __len__(self) -> int:
@@ -369,73 +411,62 @@ class ParquetSource:
         """Decoded float32 mono waveform of kept row k at `sampling_rate`; raises AudioDecodeError."""
         return decode_audio(self._audio_value(int(self.rows[k])), self.sampling_rate, base_dir=self.base_dir)
 
-    def sample(self, k: int, prompts: PromptBank, rng: np.random.Generator | None = None) -> dict[str, Any]:
-        """The Sample of kept row k; `rng` draws the prompt (None: the fixed first prompt, for eval).
+    def row(self, k: int) -> dict[str, Any]:
+        """The metadata of kept row k: logical field -> raw value (no audio, nothing decoded)."""
+        r = int(self.rows[k])
+        return {f: self._value(f, r) for f in self._cols if f != "audio"}
 
-        Raises AudioDecodeError when the audio cannot be decoded.
+    def reference(self, k: int, *, no_punctuation: bool = False) -> list[str]:
+        """The scoring references of kept row k (SQA: every gold answer), without decoding audio."""
+        refs = self.task_def.references(self.row(k))
+        if no_punctuation or self.spec.no_punctuation:
+            refs = [strip_punctuation(r).strip() for r in refs]
+        return refs
+
+    def sample(
+        self,
+        k: int,
+        prompter: Prompter,
+        rng: np.random.Generator | None = None,
+        *,
+        no_punctuation: bool = False,
+    ) -> Sample:
+        """The Sample of kept row k; `rng` draws the instruction when sampling is random (None: fixed).
+
+        With `no_punctuation` (or the source's own setting) punctuation is deleted from the transcript,
+        the word-boundary words (words left empty are dropped) and the target. Raises AudioDecodeError
+        when the audio cannot be decoded.
         """
         audio = self.load_audio(k)
+        task, row = self.task_def, self.row(k)
         src, tgt = self.spec.source_language, self.spec.target_language
-        transcript = self.text("transcript", k)
+        strip = no_punctuation or self.spec.no_punctuation
+        transcript = row.get("transcript")
         transcript = (transcript.strip() or None) if isinstance(transcript, str) else None
-        builder = _TASKS[self.task]
-        prompt, target, extra = builder(self, k, prompts, rng, src, tgt, transcript)
-        wb = self.text("word_boundaries", k)
+        wb = row.get("word_boundaries")
         try:
             word_boundaries = parse_word_boundaries(wb) if wb not in (None, "", []) else None
         except (ValueError, TypeError):
             # Only interleaving needs them, and then they were validated at load: here they are optional.
             word_boundaries = None
-        sample = {
-            "id": self.row_id(k),
-            "task": self.task,
-            "audio": audio,
-            "prompt": prompt,
-            "target": target,
-            "transcript": transcript,
-            "word_boundaries": word_boundaries,
-            "duration": len(audio) / self.sampling_rate,
-            "source_language": src,
-            "target_language": tgt,
-        }
-        sample.update(extra)
-        return sample
-
-
-# ----------------------------------------------------------------------------- task builders
-# Each returns (prompt, target, extra sample keys).
-_Builder = Callable[..., tuple[str, str, dict[str, Any]]]
-
-
-def _asr(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
-    return prompts.choose("ASR", source_language=src, rng=rng), transcript, {}
-
-
-def _st(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
-    prompt = prompts.choose("ST", source_language=src, target_language=tgt, rng=rng)
-    return prompt, str(src_.text("translation", k)).strip(), {}
-
-
-def _sqa(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
-    question = str(src_.text("question", k))
-    if AUDIO_TOKEN in question:
-        prompt = question  # the original layout: question text ending with "\n<audio>"
-    else:
-        prompt = prompts.choose("SQA", source_language=src, question=question, rng=rng)
-    answer = src_.text("answer", k)
-    if isinstance(answer, list):
-        references = [str(a).strip() for a in answer if a is not None and str(a).strip()]
-        return prompt, references[0], {"references": references}
-    return prompt, str(answer).strip(), {}
-
-
-def _instruct(src_: ParquetSource, k, prompts, rng, src, tgt, transcript):
-    given = src_.text("prompt", k)
-    if isinstance(given, str) and given.strip():
-        prompt = attach_audio(given.strip())
-    else:
-        prompt = prompts.choose("INSTRUCT", source_language=src, target_language=tgt, rng=rng)
-    return prompt, str(src_.text("target", k)).strip(), {}
-
-
-_TASKS: dict[str, _Builder] = {"ASR": _asr, "ST": _st, "SQA": _sqa, "INSTRUCT": _instruct}
+        target, references = task.target(row), task.references(row)
+        if strip:
+            target = strip_punctuation(target).strip()
+            references = [strip_punctuation(r).strip() for r in references]
+            transcript = (strip_punctuation(transcript).strip() or None) if transcript else None
+            if word_boundaries is not None:
+                kept = [[a, b, strip_punctuation(w)] for a, b, w in word_boundaries]
+                word_boundaries = [w for w in kept if w[2].strip()] or None
+        return Sample(
+            id=self.row_id(k),
+            task=self.task,
+            audio=audio,
+            prompt=prompter.user_turn(task, row, source_language=src, target_language=tgt, rng=rng),
+            target=target,
+            transcript=transcript,
+            word_boundaries=word_boundaries,
+            duration=len(audio) / self.sampling_rate,
+            source_lang=src,
+            target_lang=tgt,
+            references=references,
+        )

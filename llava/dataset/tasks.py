@@ -19,8 +19,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from llava.constants import AUDIO_TOKEN
-
 Row = Mapping[str, Any]
 
 # The speaker attributes of the MLS speaker-description data, in the order the META target lists them.
@@ -73,18 +71,16 @@ class Task:
         return [self.build_target(row)]
 
     def question(self, row: Row) -> str | None:
-        """The row's question with any `<audio>` placeholder removed (the prompt format places the audio)."""
+        """The row's question as written (it may carry `<audio>`: the prompt layout decides); None if none."""
         if self.question_field is None:
             return None
-        text = clean_text(row.get(self.question_field)).replace(AUDIO_TOKEN, "").strip()
-        return text or None
+        return clean_text(row.get(self.question_field)) or None
 
     def given_instruction(self, row: Row) -> str | None:
-        """The row's own instruction (INSTRUCT rows may carry one), without `<audio>`; None when absent."""
+        """The row's own instruction as written (INSTRUCT rows may carry one); None when absent or blank."""
         if self.instruction_field is None:
             return None
-        text = clean_text(row.get(self.instruction_field)).replace(AUDIO_TOKEN, "").strip()
-        return text or None
+        return clean_text(row.get(self.instruction_field)) or None
 
 
 def _meta_target(row: Row) -> str:

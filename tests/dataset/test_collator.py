@@ -135,8 +135,9 @@ def test_none_samples_dropped_and_reported(tok):
 @pytest.mark.parametrize(
     "prompt, match",
     [
-        ("no placeholder here", r"0 <audio> placeholder\(s\) in the tokenized prompt but 1 audio segment"),
-        ("<audio> and <audio>", r"2 <audio> placeholder\(s\)"),
+        # samples are validated when made: a prompt must carry exactly one <audio>
+        ("no placeholder here", r"prompt: holds 0 <audio> placeholder\(s\)"),
+        ("<audio> and <audio>", r"prompt: holds 2 <audio> placeholder\(s\)"),
     ],
 )
 def test_placeholder_count_mismatch(tok, prompt, match):

@@ -119,21 +119,21 @@ def test_data_subset_is_seeded_and_per_source(corpus):
 def test_eval_destination_fixed_prompt_no_weights(corpus):
     ds = SpeechDataset.from_config(corpus, "eval")
     assert len(ds) == 6 and not ds.train
-    first = PromptBank.load().choose("ST", source_language="en", target_language="de")
-    assert {ds[i]["prompt"] for i in range(len(ds))} == {first}
+    first = PromptBank.load().instructions("ST", source_language="en", target_language="de")[0]
+    assert {ds[i].prompt for i in range(len(ds))} == {f"<audio>\n{first}"}  # the paper's layout
     with pytest.raises(ConfigError, match="no partition has destination 'test'"):
         SpeechDataset.from_config(corpus, "test")
 
 
 def test_training_prompts_seeded_per_sample_and_epoch(corpus):
-    ds = SpeechDataset.from_config(corpus, "train", seed=5)
-    mustc = [i for i in range(len(ds)) if ds.task_of(i) == "ST" and i != 7]
+    ds = SpeechDataset.from_config(corpus, "train", seed=5, prompt_format="instruction_first")
+    mustc = [i for i in range(len(ds)) if ds.task_name(i) == "ST" and i != 7]
     first = [ds[i]["prompt"] for i in mustc]
     assert first == [ds[i]["prompt"] for i in mustc]
     assert len(set(first)) > 1
     ds.set_epoch(1)
     assert [ds[i]["prompt"] for i in mustc] != first
-    sqa = next(i for i in range(len(ds)) if ds.task_of(i) == "SQA")
+    sqa = next(i for i in range(len(ds)) if ds.task_name(i) == "SQA")
     assert ds[sqa]["prompt"].endswith("?\n<audio>")  # question used as the prompt
 
 

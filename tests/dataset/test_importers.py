@@ -14,6 +14,7 @@ import soundfile as sf
 from llava.dataset.audio import decode_audio
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.importers import ImportFormatError, import_nemo, import_slam, main, write_parquet
+from llava.dataset.prompts import PromptBank
 
 
 def _tone(seconds: float, freq: float, sr: int) -> np.ndarray:
@@ -76,8 +77,13 @@ def test_nemo_roundtrip_with_offsets_and_prompt(wavs):
             """
         )
     )
+    # the layout that uses a question carrying <audio> as the whole prompt
+    ds = SpeechDataset.from_config(cfg, "test", prompt_format="instruction_first")
+    assert ds[0].prompt == table[0]["question"] and ds[0].target == "Bo"
+    # the paper's layout: audio first, then the fixed instruction and the question
     ds = SpeechDataset.from_config(cfg, "test")
-    assert ds[0]["prompt"] == table[0]["question"] and ds[0]["target"] == "Bo"
+    instruction = PromptBank.load().instructions("SQA")[0]
+    assert ds[0].prompt == f"<audio>\n{instruction} Answer using the audio. Question: Who?"
 
 
 def test_slam_roundtrip(wavs):

@@ -10,11 +10,15 @@ from llava.dataset import sources as sources_mod
 from llava.dataset.audio import AudioDecodeError, encode_audio
 from llava.dataset.config import DATASET_TYPES, PartitionConfig, SourceSpec, parse_amount
 from llava.dataset.importers import write_parquet
-from llava.dataset.prompts import PromptBank
+from llava.dataset.prompts import PromptBank, Prompter
 from llava.dataset.skips import DataError, SkipCounter
 from llava.dataset.sources import ParquetSource, parse_word_boundaries
 
 SR = 16000
+
+
+def _prompter(prompt_format: str = "instruction_first") -> Prompter:
+    return Prompter(PromptBank.load(), prompt_format)
 
 
 def _tone(seconds: float, freq: float = 220.0, sr: int = SR) -> np.ndarray:
@@ -59,7 +63,7 @@ def test_clean_asr_source_is_lazy(tmp_path, monkeypatch):
     src = ParquetSource(_spec(path), skips=skips)
     assert len(src) == 6 and not skips and calls == []  # nothing decoded at load
     np.testing.assert_allclose(src.durations, 0.3 + 0.1 * np.arange(6))
-    s = src.sample(2, PromptBank.load())
+    s = src.sample(2, _prompter())
     assert len(calls) == 1
     assert s["id"] == "Gigaspeech.ASR.en:asr:2" and s["task"] == "ASR"
     assert s["target"] == s["transcript"] == "utterance 2"
@@ -85,8 +89,8 @@ def _bad_rows() -> list[dict]:
     rows = _asr_rows(12)
     rows[0]["transcript"] = "   "  # empty_text
     rows[1]["transcript"] = None  # missing_value
-    rows[2]["duration"] = 0.05  # too_short
-    rows[3]["duration"] = 99.0  # too_long
+    rows[2]["audio"], rows[2]["duration"] = encode_audio(_tone(0.05), SR, "flac"), 0.05  # too_short
+    rows[3]["audio"], rows[3]["duration"] = encode_audio(_tone(2.5), SR, "flac"), 2.5  # too_long
     rows[4]["audio"] = {"bytes": b"definitely not audio", "path": None}  # undecodable_audio
     rows[5]["audio"] = encode_audio(np.zeros(0, np.float32), SR, "wav")  # empty_audio
     rows[6]["audio"] = {"bytes": None, "path": None}  # missing_audio
@@ -108,7 +112,7 @@ def test_each_bad_metadata_case_is_counted(tmp_path):
     path = tmp_path / "bad.parquet"
     write_parquet(_bad_rows(), path)
     skips = SkipCounter()
-    src = ParquetSource(_spec(path, lo=0.1, hi=30), skips=skips)
+    src = ParquetSource(_spec(path, lo=0.1, hi=2), skips=skips)
     assert skips.as_dict() == EXPECTED
     assert len(src) == 12 - sum(EXPECTED.values())
     assert skips.seen == 12
@@ -138,7 +142,7 @@ def test_array_encoded_audio_nan_and_missing_duration(tmp_path):
     src = ParquetSource(_spec(path), skips=skips)  # no duration column: measured from the arrays
     assert skips.as_dict() == {"non_finite_audio": 1, "empty_audio": 1}
     np.testing.assert_allclose(src.durations, [0.25, 0.75, 1.0])
-    s = src.sample(1, PromptBank.load())
+    s = src.sample(1, _prompter())
     assert len(s["audio"]) == 12000  # 0.75 s resampled to 16 kHz
 
 
@@ -149,7 +153,7 @@ def test_nan_audio_found_at_decode_time_without_header_check(tmp_path):
     src = ParquetSource(_spec(nan_path), check_audio=False)
     assert len(src) == 1
     with pytest.raises(AudioDecodeError) as info:
-        src.sample(0, PromptBank.load())
+        src.sample(0, _prompter())
     assert info.value.reason == "non_finite_audio"
 
 
@@ -167,7 +171,7 @@ def test_missing_column_counts_all_rows_or_raises(tmp_path):
 
 
 def test_st_sqa_and_instruct_samples(tmp_path):
-    bank = PromptBank.load()
+    bank = _prompter()
     st = tmp_path / "st.parquet"
     write_parquet(
         [
@@ -181,7 +185,7 @@ def test_st_sqa_and_instruct_samples(tmp_path):
         st,
     )
     s = ParquetSource(_spec(st, dtype="MuSTC", task="ST", tgt="de")).sample(0, bank)
-    assert (s["target"], s["transcript"], s["target_language"]) == ("hallo", "hello", "de")
+    assert (s.target, s.transcript, s.target_lang) == ("hallo", "hello", "de")
     assert "German" in s["prompt"] and s["prompt"].count("<audio>") == 1
 
     sqa = tmp_path / "sqa.parquet"
@@ -216,7 +220,7 @@ def test_st_sqa_and_instruct_samples(tmp_path):
         _spec(ins, dtype="Parquet", task="INSTRUCT", columns=DATASET_TYPES["Parquet"].columns)
     )
     assert src.sample(0, bank)["prompt"] == "Describe the voice.\n<audio>"
-    assert src.sample(1, bank)["prompt"] == bank.choose("INSTRUCT")
+    assert src.sample(1, bank)["prompt"] == PromptBank.load().choose("INSTRUCT")
 
 
 def test_word_boundaries_checked_when_needed(tmp_path):
@@ -241,7 +245,7 @@ def test_word_boundaries_checked_when_needed(tmp_path):
     skips = SkipCounter()
     src = ParquetSource(_spec(path, dtype="Giga_NWP", tgt="de"), skips=skips, need_word_boundaries=True)
     assert skips.as_dict() == {"bad_word_boundaries": 2} and len(src) == 1
-    assert src.sample(0, PromptBank.load())["word_boundaries"] == wb
+    assert src.sample(0, _prompter())["word_boundaries"] == wb
     assert len(ParquetSource(_spec(path, dtype="Giga_NWP", tgt="de"))) == 3  # not needed: not checked
 
 

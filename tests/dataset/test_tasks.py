@@ -30,13 +30,13 @@ def test_sqa_target_references_and_question():
     row = {"question": "Who came?\n<audio>", "answer": [" ", "Ann", "ann smith"]}
     assert task.target(row) == "Ann"
     assert task.references(row) == ["Ann", "ann smith"]
-    assert task.question(row) == "Who came?"
+    assert task.question(row) == "Who came?\n<audio>"
     assert get_task("ASR").references({"transcript": " hi there "}) == ["hi there"]
 
 
 def test_instruct_given_instruction():
     task = get_task("INSTRUCT")
-    assert task.given_instruction({"prompt": "Describe the voice.\n<audio>"}) == "Describe the voice."
+    assert task.given_instruction({"prompt": "Describe the voice.\n<audio>"}) == "Describe the voice.\n<audio>"
     assert task.given_instruction({"prompt": None}) is None
     assert get_task("ASR").given_instruction({"prompt": "x"}) is None
 
