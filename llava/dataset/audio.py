@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,20 @@ def _resolve_path(path: str | os.PathLike, base_dir: str | os.PathLike | None) -
     if not p.is_absolute() and base_dir is not None and (Path(base_dir) / p).exists():
         return Path(base_dir) / p
     return p
+
+
+def _regular_file(path: Path) -> str:
+    """`path` as a string if it is a regular file (after symlinks). A FIFO, device or folder would make
+    the reader block or fail obscurely: it is rejected, like a missing file, as unusable audio."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AudioDecodeError(f"audio file not found: {path}", UNDECODABLE) from None
+    except OSError as exc:
+        raise AudioDecodeError(f"cannot read audio file {path}: {exc}", UNDECODABLE) from exc
+    if not stat.S_ISREG(mode):
+        raise AudioDecodeError(f"audio path is not a regular file: {path}", UNDECODABLE)
+    return str(path)
 
 
 def _read_encoded(source: Any, what: str) -> tuple[np.ndarray, int]:
@@ -87,13 +102,13 @@ def load_waveform(value: Any, *, base_dir: str | os.PathLike | None = None) -> t
             return _read_encoded(io.BytesIO(value["bytes"]), "bytes")
         if value.get("path"):
             path = _resolve_path(value["path"], base_dir)
-            return _read_encoded(str(path), str(path))
+            return _read_encoded(_regular_file(path), str(path))
         raise AudioDecodeError("audio value has neither bytes, path nor array", MISSING)
     if isinstance(value, bytes | bytearray | memoryview):
         return _read_encoded(io.BytesIO(bytes(value)), "bytes")
     if isinstance(value, str | os.PathLike):
         path = _resolve_path(value, base_dir)
-        return _read_encoded(str(path), str(path))
+        return _read_encoded(_regular_file(path), str(path))
     raise AudioDecodeError(f"unsupported audio value of type {type(value).__name__}", UNDECODABLE)
 
 
@@ -141,14 +156,14 @@ def audio_info(value: Any, *, base_dir: str | os.PathLike | None = None) -> tupl
             source, what = io.BytesIO(value["bytes"]), "bytes"
         elif value.get("path"):
             path = _resolve_path(value["path"], base_dir)
-            source, what = str(path), str(path)
+            source, what = _regular_file(path), str(path)
         else:
             raise AudioDecodeError("audio value has neither bytes, path nor array", MISSING)
     elif isinstance(value, bytes | bytearray | memoryview):
         source, what = io.BytesIO(bytes(value)), "bytes"
     elif isinstance(value, str | os.PathLike):
         path = _resolve_path(value, base_dir)
-        source, what = str(path), str(path)
+        source, what = _regular_file(path), str(path)
     else:
         raise AudioDecodeError(f"unsupported audio value of type {type(value).__name__}", UNDECODABLE)
     try:

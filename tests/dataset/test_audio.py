@@ -99,3 +99,21 @@ def test_audio_info_and_encode():
         audio_info({"bytes": b"junk", "path": None})
     with pytest.raises(ValueError, match="unsupported audio format"):
         encode_audio(wave, 8000, "mp4")
+
+
+def test_fifo_and_folder_are_rejected_without_blocking(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer appears
+    for value in (str(fifo), {"bytes": None, "path": "pipe.wav"}, str(tmp_path)):
+        for read in (
+            lambda v: decode_audio(v, base_dir=tmp_path),
+            lambda v: audio_info(v, base_dir=tmp_path),
+        ):
+            with pytest.raises(AudioDecodeError, match="not a regular file") as info:
+                read(value)
+            assert info.value.reason == "undecodable_audio"
+    with pytest.raises(AudioDecodeError, match="audio file not found") as info:
+        decode_audio(str(tmp_path / "missing.wav"))
+    assert info.value.reason == "undecodable_audio"
