@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,30 @@ from llava.tokenization import add_audio_token, ensure_pad_token
 logger = logging.getLogger(__name__)
 
 
+LORA_BIAS = ("none", "all", "lora_only")
+
+
 @dataclass
 class LoraSettings:
+    """LoRA settings of one component (the LLM or the encoder), as `peft.LoraConfig` takes them."""
+
     r: int = 8  # rank of the update matrices
-    alpha: int = 16  # scaling numerator (update is scaled by alpha / r)
+    alpha: int = 16  # scaling numerator (update is scaled by alpha / r, or alpha / sqrt(r) with rsLoRA)
     dropout: float = 0.05  # dropout on the LoRA input
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])  # module names to adapt
+    bias: str = "none"  # which biases train too: none | all | lora_only
+    use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, str):
+            self.target_modules = [m.strip() for m in self.target_modules.split(",") if m.strip()]
+        self.target_modules = list(self.target_modules)
+        if self.bias not in LORA_BIAS:
+            raise ValueError(f"LoRA bias {self.bias!r}: expected one of {list(LORA_BIAS)}")
+        if self.r < 1:
+            raise ValueError(f"LoRA rank r = {self.r}: must be at least 1")
+        if not self.target_modules:
+            raise ValueError("LoRA target_modules is empty")
 
 
 def build_model(
@@ -121,34 +140,103 @@ def apply_training_mode(
     freeze_llm: bool = True,
     lora_llm: LoraSettings | None = None,
     lora_encoder: LoraSettings | None = None,
+    freeze: Sequence[str] = (),
+    flags: dict[str, str] | None = None,
 ) -> SpeechLlavaForCausalLM:
     """Set which parts train. LoRA wraps the LLM and/or the encoder with `peft` (base weights frozen).
 
-    The settings are recorded in `model.config.lora` so a checkpoint can re-create the adapters.
+    `freeze` names modules or parameters to freeze on top of the per-component switches (top-level
+    `audio_tower`, `projector`, `language_model`, or any sub-module path; LoRA adapters inside a
+    frozen module freeze too). `flags` maps "lora_llm" / "lora_encoder" (target modules) and
+    "freeze" to the flag names quoted in errors. The LoRA settings are recorded in `model.config.lora` so a checkpoint
+    can re-create the adapters.
     """
+    flags = {
+        "lora_llm": "LLM LoRA target_modules",
+        "lora_encoder": "encoder LoRA target_modules",
+        "freeze": "freeze list",
+        **(flags or {}),
+    }
     model.audio_tower.requires_grad_(not freeze_encoder)
     model.projector.requires_grad_(not freeze_projector)
     model.language_model.requires_grad_(not freeze_llm)
     if lora_llm is not None:
-        model.language_model = _wrap_lora(model.language_model, lora_llm, task_type="CAUSAL_LM")
+        model.language_model = _wrap_lora(model.language_model, lora_llm, "CAUSAL_LM", flags["lora_llm"])
         model.config.lora["llm"] = dataclasses.asdict(lora_llm)
     if lora_encoder is not None:
-        model.audio_tower.model = _wrap_lora(model.audio_tower.model, lora_encoder, task_type=None)
+        model.audio_tower.model = _wrap_lora(
+            model.audio_tower.model, lora_encoder, None, flags["lora_encoder"]
+        )
         model.config.lora["encoder"] = dataclasses.asdict(lora_encoder)
+    frozen = freeze_modules(model, freeze, flags["freeze"])
     # Only a fully frozen encoder is pinned to eval mode (no dropout / SpecAugment while training).
-    model.audio_tower.frozen = freeze_encoder and lora_encoder is None
+    model.audio_tower.frozen = (freeze_encoder and lora_encoder is None) or bool(
+        {"audio_tower", "audio_tower.model"} & set(frozen)
+    )
     model.audio_tower.train(model.training)
     return model
 
 
-def _wrap_lora(module, settings: LoraSettings, task_type: str | None):
+def _plain_name(name: str) -> str:
+    """A module path without the wrapper levels peft inserts, as the user knows it."""
+    return name.replace(".base_model.model", "")
+
+
+def freeze_modules(model: torch.nn.Module, names: Sequence[str], flag: str = "freeze list") -> list[str]:
+    """Freeze every named sub-module or parameter; a name that matches nothing is an error.
+
+    Paths are those of `model.named_modules()` / `named_parameters()`, with or without the levels a
+    LoRA wrapper adds (`language_model.model.layers.0` also finds the LoRA-wrapped layer). Returns
+    the matched names as given.
+    """
+    modules = {}
+    for name, module in model.named_modules():
+        modules.setdefault(name, module)
+        modules.setdefault(_plain_name(name), module)
+    params = {}
+    for name, param in model.named_parameters():
+        params.setdefault(name, param)
+        params.setdefault(_plain_name(name), param)
+    matched = []
+    for entry in (n.strip() for n in names):
+        if not entry:
+            continue
+        if entry in modules:
+            modules[entry].requires_grad_(False)
+        elif entry in params:
+            params[entry].requires_grad_(False)
+        else:
+            children = [n for n, _ in model.named_children()]
+            raise ValueError(
+                f"{flag}: {entry!r} matches no module or parameter of the model (top-level modules: "
+                f"{children}; sub-modules by path, e.g. 'language_model.model.layers.0')"
+            )
+        matched.append(entry)
+    return matched
+
+
+def _wrap_lora(module: torch.nn.Module, settings: LoraSettings, task_type: str | None, what: str):
     from peft import LoraConfig, get_peft_model
 
+    targets = list(settings.target_modules)
+    if targets != ["all-linear"]:
+        names = [n for n, _ in module.named_modules()]
+        unmatched = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+        if unmatched:
+            linear = sorted(
+                {n.rsplit(".", 1)[-1] for n, m in module.named_modules() if isinstance(m, torch.nn.Linear)}
+            )
+            raise ValueError(
+                f"{what}: {unmatched} match no module of the {type(module).__name__}; "
+                f"its linear layers are named {linear}"
+            )
     cfg = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=list(settings.target_modules),
+        target_modules=targets,
+        bias=settings.bias,
+        use_rslora=settings.use_rslora,
         task_type=task_type,
     )
     return get_peft_model(module, cfg)

@@ -58,11 +58,26 @@ class ModelArguments:
     lora_enable: bool = False
     # LoRA on the speech encoder.
     lora_encoder: bool = False
+    # LLM LoRA: rank, alpha (update scaled by alpha / r), dropout on the LoRA input.
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.05
-    # Comma-separated module names LoRA adapts.
+    # LLM LoRA: comma-separated module names to adapt ("all-linear" = every linear layer).
     lora_target_modules: str = "q_proj,v_proj"
+    # LLM LoRA: which biases train too (none | all | lora_only).
+    lora_bias: str = "none"
+    # LLM LoRA: rank-stabilised scaling alpha / sqrt(r).
+    lora_use_rslora: bool = False
+    # Encoder LoRA: the same settings; each one left unset takes the LLM's value.
+    encoder_lora_r: int | None = None
+    encoder_lora_alpha: int | None = None
+    encoder_lora_dropout: float | None = None
+    encoder_lora_target_modules: str | None = None
+    encoder_lora_bias: str | None = None
+    encoder_lora_use_rslora: bool | None = None
+    # Comma-separated modules or parameters to freeze on top of the flags above: audio_tower,
+    # projector, language_model or a sub-module path (e.g. language_model.model.layers.0).
+    freeze_modules: str = ""
     # Attention kernel of LLM and encoder: sdpa (flash kernels on GPUs) | eager | flash_attention_2.
     attn_implementation: str = "sdpa"
     # Storage dtype of the frozen encoder and LLM: auto (bf16 with --bf16, fp16 with --fp16) | float32 | bfloat16 | float16.
@@ -114,7 +129,8 @@ class LossArguments:
     contrastive_training: bool = False
     # average (mean-pooled cosine InfoNCE, paper default) | wasserstein (Sinkhorn divergence).
     contrastive_mode: str = "average"
-    # LLM layers compared: 0 (embeddings) | k | "0,5,10" | all (see llava.losses.contrastive.resolve_layers).
+    # LLM layers compared: 0 (embeddings) | k (negative: from the end, -1 = last) | "0,5,10" | all
+    # (see llava.model.layers.resolve_layers).
     contrastive_layer: str = "0"
     # Add next-word prediction on the transcript to the contrastive loss.
     contr_asr_combine_loss: bool = False
@@ -127,15 +143,18 @@ class LossArguments:
     contrastive_symmetric: bool = False
     # Beyond the paper: gather negatives from all data-parallel ranks.
     contrastive_gather: bool = False
-    # Beyond the paper: learn the temperature.
+    # Beyond the paper: learn the temperature (saved with the run's checkpoints, not the model).
     learnable_temperature: bool = False
     # Beyond the paper: per-layer weights "layer:weight,..." (missing layers weigh 1).
     contrastive_layer_weights: str | None = None
     # Weights of the two terms when combined.
     nwp_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0
-    # Stop after this many steps whose loss was not finite (each one is skipped and counted).
+    # Stop after this many steps whose loss or gradients were not finite (each one is skipped and counted).
     max_nonfinite_steps: int = 20
+    # Diagnostics: at logging steps, log each loss term's gradient norm at the projector
+    # (grad_norm_<term>; one extra backward pass per term on those steps).
+    log_term_grad_norms: bool = False
 
 
 @dataclass

@@ -26,7 +26,6 @@ from llava.dataset.collator import SpeechCollator
 from llava.dataset.config import load_data_config
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.interleave import InterleaveOptions
-from llava.losses.contrastive import LearnableTemperature
 from llava.model.builder import (
     LoraSettings,
     apply_training_mode,
@@ -35,7 +34,7 @@ from llava.model.builder import (
     load_projector,
 )
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
-from llava.train.objectives import objective_from_args
+from llava.train.objectives import build_objective
 from llava.train.trainer import SpeechTrainer, data_parallel_world
 
 logger = logging.getLogger("llava.train")
@@ -69,13 +68,26 @@ def frozen_dtype(model_args: ModelArguments, training_args: TrainingArguments) -
     return None  # fp32 (CPU autocast still runs matmuls in bf16 with --bf16)
 
 
-def lora_settings(model_args: ModelArguments) -> LoraSettings:
-    return LoraSettings(
-        r=model_args.lora_r,
-        alpha=model_args.lora_alpha,
-        dropout=model_args.lora_dropout,
-        target_modules=[m.strip() for m in model_args.lora_target_modules.split(",") if m.strip()],
-    )
+def lora_settings(model_args: ModelArguments, component: str = "llm") -> LoraSettings:
+    """LoRA settings of the LLM ("llm": the --lora_* flags) or the encoder ("encoder": the
+    --encoder_lora_* flags, each unset one taking the LLM's value)."""
+    names = ("r", "alpha", "dropout", "target_modules", "bias", "use_rslora")
+    values = {n: getattr(model_args, f"lora_{n}") for n in names}
+    if component == "encoder":
+        values.update(
+            {
+                n: getattr(model_args, f"encoder_lora_{n}")
+                for n in names
+                if getattr(model_args, f"encoder_lora_{n}") is not None
+            }
+        )
+    elif component != "llm":
+        raise ValueError(f"unknown LoRA component {component!r}: expected llm or encoder")
+    prefix = "--lora_" if component == "llm" else "--encoder_lora_"
+    try:
+        return LoraSettings(**values)
+    except ValueError as e:
+        raise ValueError(f"{prefix}*: {e}") from None
 
 
 def resume_checkpoint(training_args: TrainingArguments) -> str | None:
@@ -168,7 +180,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         llm_dtype=frozen_dtype(model_args, training_args),
         encoder_dtype=frozen_dtype(model_args, training_args),
     )
-    objective = objective_from_args(loss_args, data_args, model.num_llm_layers)
+    objective = build_objective(loss_args, data_args, model.num_llm_layers)
     if model_args.pretrain_mm_speech_adapter:
         missing = load_projector(
             model,
@@ -185,11 +197,16 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         freeze_encoder=model_args.freeze_audio_encoder,
         freeze_projector=not model_args.tune_mm_mlp_adapter,
         freeze_llm=model_args.freeze_backbone,
-        lora_llm=lora_settings(model_args) if model_args.lora_enable else None,
-        lora_encoder=lora_settings(model_args) if model_args.lora_encoder else None,
+        lora_llm=lora_settings(model_args, "llm") if model_args.lora_enable else None,
+        lora_encoder=lora_settings(model_args, "encoder") if model_args.lora_encoder else None,
+        freeze=model_args.freeze_modules.split(","),
+        flags={
+            "lora_llm": "--lora_target_modules",
+            "lora_encoder": "--encoder_lora_target_modules"
+            + (" (unset: --lora_target_modules)" if model_args.encoder_lora_target_modules is None else ""),
+            "freeze": "--freeze_modules",
+        },
     )
-    if loss_args.learnable_temperature:
-        model.loss_temperature = LearnableTemperature(loss_args.contrastive_temperature)
     counts = count_parameters(model)
     logger.info(
         "parameters: %.2fM trainable, %.2fM frozen", counts["trainable"] / 1e6, counts["frozen"] / 1e6
@@ -199,7 +216,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     collator = SpeechCollator(
         tokenizer,
         model.num_audio_tokens,
-        mode="mixed" if data_args.audio_nwp else "chat",
+        mode=objective.collator_mode,
         with_transcript=objective.needs_transcript,
         max_length=data_args.model_max_length,
     )
@@ -213,6 +230,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         objective=objective,
         max_nonfinite_steps=loss_args.max_nonfinite_steps,
         batch_max_seconds=data_args.batch_max_seconds,
+        log_term_grad_norms=loss_args.log_term_grad_norms,
     )
     world, rank = data_parallel_world()
     logger.info("data-parallel processes: %d (this is rank %d)", world, rank)

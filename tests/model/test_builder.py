@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from llava.model import apply_training_mode, build_model, save_trainable
+from llava.model import LoraSettings, apply_training_mode, build_model, save_trainable
 from llava.model.builder import check_encoder_layer, encoder_num_layers, load_projector
 
 QFORMER = dict(num_queries=2, num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, dropout=0.0)
@@ -79,3 +79,94 @@ def test_complete_projector_checkpoint_loads_silently(tmp_path, tiny_base_dirs, 
     assert not caplog.records
     for k, v in src.trainable_state_dict().items():
         assert torch.equal(dst.trainable_state_dict()[k], v)
+
+
+def _lora_modules(root):
+    from peft.tuners.lora import LoraLayer
+
+    return {n: m for n, m in root.named_modules() if isinstance(m, LoraLayer)}
+
+
+def test_lora_settings_per_component(tiny_base_dirs):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    llm = LoraSettings(r=4, alpha=8, dropout=0.0, target_modules="q_proj, v_proj")
+    enc = LoraSettings(r=2, alpha=3, dropout=0.1, target_modules=["k_proj"], bias="all", use_rslora=True)
+    apply_training_mode(model, lora_llm=llm, lora_encoder=enc)
+    llm_layers = _lora_modules(model.language_model)
+    enc_layers = _lora_modules(model.audio_tower)
+    assert {n.rsplit(".", 1)[-1] for n in llm_layers} == {"q_proj", "v_proj"}
+    assert {n.rsplit(".", 1)[-1] for n in enc_layers} == {"k_proj"}
+    for m in llm_layers.values():
+        assert m.r["default"] == 4 and m.scaling["default"] == 8 / 4
+        assert m.lora_dropout["default"].__class__.__name__ == "Identity"
+    for m in enc_layers.values():
+        assert m.r["default"] == 2 and m.scaling["default"] == pytest.approx(3 / 2**0.5)  # rsLoRA
+        assert m.lora_dropout["default"].p == 0.1
+    # bias="all" trains every encoder bias; the LLM's LoRA (bias="none") trains only adapters.
+    enc_trainable = {n for n, p in model.audio_tower.named_parameters() if p.requires_grad}
+    enc_biases = {n for n, _ in model.audio_tower.named_parameters() if n.endswith(".bias")}
+    assert enc_biases and enc_biases <= enc_trainable
+    assert all("lora_" in n for n, p in model.language_model.named_parameters() if p.requires_grad)
+    assert model.config.lora["llm"]["r"] == 4 and model.config.lora["encoder"]["use_rslora"] is True
+    assert model.config.lora["encoder"]["target_modules"] == ["k_proj"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(lora_llm=LoraSettings(target_modules=["q_proj", "qkv"])), r"--lora_target_modules: \['qkv'\]"),
+        (
+            dict(lora_encoder=LoraSettings(target_modules=["gate_proj"])),
+            r"--encoder_lora_target_modules: \['gate",
+        ),
+    ],
+)
+def test_lora_target_matching_no_module_names_the_flag(tiny_base_dirs, kwargs, match):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    flags = {"lora_llm": "--lora_target_modules", "lora_encoder": "--encoder_lora_target_modules"}
+    with pytest.raises(ValueError, match=match):
+        apply_training_mode(model, flags=flags, **kwargs)
+
+
+def test_lora_settings_validate_their_fields():
+    with pytest.raises(ValueError, match="bias 'some'"):
+        LoraSettings(bias="some")
+    with pytest.raises(ValueError, match="rank"):
+        LoraSettings(r=0)
+
+
+def test_freeze_list_by_module_name_and_path(tiny_base_dirs):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    apply_training_mode(
+        model,
+        lora_llm=LoraSettings(r=2, dropout=0.0),
+        freeze=["language_model.model.layers.0", "projector.queries", " "],
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n, _ in model.named_parameters() if "lora_" in n}
+    assert {n for n in lora if ".layers.0." in n}.isdisjoint(trainable)  # path through the LoRA wrapper
+    assert {n for n in lora if ".layers.1." in n} <= trainable
+    assert "projector.queries" not in trainable
+    assert any(n.startswith("projector.") for n in trainable)
+
+
+def test_freeze_list_top_level_components(tiny_base_dirs):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    apply_training_mode(
+        model,
+        freeze_encoder=False,
+        freeze_llm=False,
+        lora_encoder=LoraSettings(r=2, target_modules=["q_proj"]),
+        freeze=["audio_tower", "language_model"],
+    )
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("projector.") for n in trainable)
+    assert model.audio_tower.frozen  # pinned to eval mode like any frozen encoder
+    model.train()
+    assert not model.audio_tower.model.training
+
+
+def test_freeze_name_matching_nothing_names_the_flag(tiny_base_dirs):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    with pytest.raises(ValueError, match=r"--freeze_modules: 'llm' matches no module.*'language_model'"):
+        apply_training_mode(model, freeze=["llm"], flags={"freeze": "--freeze_modules"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -99,6 +100,16 @@ def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_
         (["--audio_nwp", "True"], "word_boundaries"),
         (["--mm_speech_projector_type", "perceiver"], "unknown projector type"),
         (["--mm_speech_select_layer", "5"], r"mm_speech_select_layer\) = 5 is out of range"),
+        (
+            ["--lora_enable", "True", "--lora_target_modules", "q_proj,qkv"],
+            r"--lora_target_modules: \['qkv'\]",
+        ),
+        (
+            ["--lora_encoder", "True", "--lora_target_modules", "gate_proj"],
+            r"--encoder_lora_target_modules \(unset",
+        ),
+        (["--lora_encoder", "True", "--encoder_lora_bias", "some"], r"--encoder_lora_\*: LoRA bias 'some'"),
+        (["--freeze_modules", "projector,llm"], r"--freeze_modules: 'llm' matches no module"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, tiny_base_dirs, tiny_corpus, extra, match):
@@ -131,6 +142,47 @@ def test_resume_checkpoint_follows_the_trainer_conventions(tmp_path):
     assert resolve("True") == str(tmp_path / "checkpoint-10")  # numeric, not lexical, order
     assert resolve(None) is None and resolve("False") is None
     assert resolve(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+
+
+def test_encoder_lora_settings_default_to_the_llm_flags():
+    from llava.train.arguments import ModelArguments
+
+    args = ModelArguments(
+        lora_r=16, lora_alpha=32, lora_bias="all", encoder_lora_alpha=3, encoder_lora_target_modules="k_proj"
+    )
+    llm, enc = train_mod.lora_settings(args, "llm"), train_mod.lora_settings(args, "encoder")
+    assert (llm.r, llm.alpha, llm.bias, llm.target_modules) == (16, 32, "all", ["q_proj", "v_proj"])
+    assert (enc.r, enc.alpha, enc.bias, enc.target_modules) == (16, 3, "all", ["k_proj"])
+
+
+def test_lora_per_component_and_freeze_list_from_the_command_line(tmp_path, tiny_base_dirs, tiny_corpus):
+    out = tmp_path / "lora"
+    train_mod.main(
+        _args(tiny_base_dirs, tiny_corpus, out, "--max_steps", "1", "--save_strategy", "no",
+              "--lora_enable", "True", "--lora_r", "4", "--lora_use_rslora", "True",
+              "--lora_encoder", "True", "--encoder_lora_r", "2", "--encoder_lora_target_modules", "k_proj,out_proj",
+              "--encoder_lora_use_rslora", "False",
+              "--freeze_modules", "language_model.model.layers.1")
+    )  # fmt: skip
+    lora = json.loads((out / "config.json").read_text())["lora"]
+    assert (lora["llm"]["r"], lora["llm"]["use_rslora"], lora["llm"]["target_modules"]) == (
+        4,
+        True,
+        ["q_proj", "v_proj"],
+    )
+    assert (lora["encoder"]["r"], lora["encoder"]["use_rslora"]) == (2, False)
+    assert lora["encoder"]["target_modules"] == ["k_proj", "out_proj"]
+    w = _weights(out)
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in w if k.startswith("audio_tower")} == {
+        "k_proj",
+        "out_proj",
+    }
+    assert all(v.shape[0] == 2 for k, v in w.items() if k.startswith("audio_tower") and "lora_A" in k)
+    assert all(v.shape[0] == 4 for k, v in w.items() if k.startswith("language_model") and "lora_A" in k)
+    # The frozen layer's adapters do not train, so they are not in the checkpoint.
+    assert any(".layers.0." in k for k in w) and not any(
+        ".layers.1." in k and "language_model" in k for k in w
+    )
 
 
 def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):
