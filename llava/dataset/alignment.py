@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from llava.fileio import atomic_path
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_DELIMITER = "|"
@@ -44,6 +46,10 @@ __all__ = [
 
 class AlignmentError(ValueError):
     """The transcript cannot be aligned to the emissions (e.g. more tokens than frames)."""
+
+
+class AlignmentInputError(ValueError):
+    """The input parquet file cannot be used (unreadable, or a named column is missing)."""
 
 
 # ----------------------------------------------------------------------------- Viterbi
@@ -277,10 +283,15 @@ def align_parquet(
 
     from llava.dataset.audio import decode_audio
 
-    table = pq.read_table(parquet_in)
-    for col in (text_column, audio_column):
+    try:
+        table = pq.read_table(parquet_in)
+    except (OSError, pa.ArrowException) as exc:
+        raise AlignmentInputError(f"{parquet_in}: cannot read parquet file: {exc}") from None
+    for col, flag in ((text_column, "--text-column"), (audio_column, "--audio-column")):
         if col not in table.column_names:
-            raise KeyError(f"{parquet_in}: no column {col!r} (columns: {table.column_names})")
+            raise AlignmentInputError(
+                f"{parquet_in}: no column {col!r} ({flag}); columns: {table.column_names}"
+            )
     aligner = CTCAligner(model, device=device)
     texts = table.column(text_column).to_pylist()
     audios = table.column(audio_column)
@@ -313,14 +324,8 @@ def align_parquet(
         table = table.set_column(table.column_names.index("word_boundaries"), "word_boundaries", column)
     else:
         table = table.append_column("word_boundaries", column)
-    out = Path(parquet_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(parquet_out) as tmp:
         pq.write_table(table, tmp, row_group_size=256)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     failed = sum(failures.values())
     if failed:
         logger.warning("%s: %d of %d rows not aligned (%s)", parquet_in, failed, n, failures)
@@ -348,16 +353,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strict", action="store_true", help="stop at the first row that cannot be aligned")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    counts = align_parquet(
-        args.parquet,
-        args.out,
-        args.model,
-        text_column=args.text_column,
-        audio_column=args.audio_column,
-        device=args.device,
-        strict=args.strict,
-        limit=args.limit,
-    )
+    try:
+        counts = align_parquet(
+            args.parquet,
+            args.out,
+            args.model,
+            text_column=args.text_column,
+            audio_column=args.audio_column,
+            device=args.device,
+            strict=args.strict,
+            limit=args.limit,
+        )
+    except AlignmentInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(counts))
     return 0
 

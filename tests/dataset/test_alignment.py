@@ -180,3 +180,17 @@ def test_cli_adds_monotone_in_range_word_boundaries(tmp_path, tiny_ctc_model):
         for start, end, _ in bounds:
             assert prev_end <= start < end <= dur + 1e-6
             prev_end = end
+
+
+def test_cli_missing_column_is_a_clear_error_before_loading_a_model(tmp_path, capsys):
+    src = tmp_path / "in.parquet"
+    pq.write_table(pa.Table.from_pylist([{"audio": b"x", "sentence": "hi"}]), src)
+    out = tmp_path / "out.parquet"
+    # the model path does not exist: the column check must come first
+    argv = ["--parquet", str(src), "--out", str(out), "--model", str(tmp_path / "no-model")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "in.parquet: no column 'transcription' (--text-column); columns: ['audio', 'sentence']" in err
+    assert not out.exists()
+    assert main([*argv[:4], "--model", "x", "--parquet", str(tmp_path / "none.parquet")]) == 2
+    assert "cannot read parquet file" in capsys.readouterr().err

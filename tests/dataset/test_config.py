@@ -367,3 +367,121 @@ def test_shipped_real_data_templates_parse(tmp_path, monkeypatch, name):
     assert cfg.sources and all(str(s.path).startswith(str(tmp_path)) for s in cfg.sources)
     if name.startswith("eval/"):
         assert {s.partition.destination for s in cfg.sources} == {"test"}
+
+
+# ----------------------------------------------------------------------------- the original's layouts
+def test_original_layouts_resolve(tmp_path):
+    """MLS training shards and test file, Giga_NWP with one language and `_processed*` shards."""
+    for name in ("mls_train_chunk_0", "mls_train_chunk_1", "mls_test"):
+        _touch(tmp_path / "data" / "mls" / "parquet_files" / f"{name}.parquet")
+    for name in ("en_train_processed", "en_train_processed_1"):
+        _touch(tmp_path / "data" / "Giga_NWP" / f"{name}.parquet")
+    p = _write(
+        tmp_path,
+        """
+        INPUTS_TEXT_LIST: "llava/dataset/INPUTS_TEXT_LIST.json"
+        DATA:
+            - MLS:
+                datapath: "data/mls"
+                task: "META"
+                languages: ["en"]
+                partitions:
+                    train: {amount: ":100%", min_duration: 1, max_duration: 150, destination: "train"}
+                    test: {amount: ":100%", min_duration: 1, max_duration: null, destination: "test"}
+            - Giga_NWP:
+                datapath: "data/Giga_NWP"
+                task: "ASR"
+                languages: ["en"]
+                partitions:
+                    train: {amount: ":100%", min_duration: 1, max_duration: 45, destination: "train"}
+        """,
+    )
+    cfg = load_data_config(p)
+    # the original's never-published instruction file: the shipped prompts stand in
+    assert cfg.prompts_path == DEFAULT_PROMPTS_PATH
+    names = [(s.task, s.path.name, s.name) for s in cfg.sources]
+    assert names == [
+        ("META", "mls_train_chunk_0.parquet", "MLS.META.en:mls_train_chunk_0"),
+        ("META", "mls_train_chunk_1.parquet", "MLS.META.en:mls_train_chunk_1"),
+        ("META", "mls_test.parquet", "MLS.META.en:mls_test"),
+        ("ASR", "en_train_processed.parquet", "Giga_NWP.ASR.en:en_train_processed"),
+        ("ASR", "en_train_processed_1.parquet", "Giga_NWP.ASR.en:en_train_processed_1"),
+    ]
+    assert cfg.sources[0].columns["speaking_rate"] == "speaking_rate"
+    # another missing instruction file is still an error
+    p.write_text(p.read_text().replace("INPUTS_TEXT_LIST.json", "MINE.json"))
+    with pytest.raises(ConfigError, match="INPUTS_TEXT_LIST: prompt file not found"):
+        load_data_config(p)
+
+
+def test_same_stem_in_a_glob_gets_distinct_file_keys(tmp_path):
+    for shard in ("a", "b"):
+        _touch(tmp_path / "corpus" / shard / "train.parquet")
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - Parquet:
+              datapath: {tmp_path / "corpus"}
+              task: ASR
+              files: "*/{{partition}}.parquet"
+              partitions: {{train: {{destination: train}}}}
+        """,
+    )
+    names = [s.name for s in load_data_config(p).sources]
+    assert names == ["Parquet.ASR.en:a/train", "Parquet.ASR.en:b/train"]
+
+
+def test_test_partition_of_a_task_without_metric_names_the_field(tmp_path):
+    _touch(tmp_path / "c" / "test.parquet")
+    p = _write(
+        tmp_path,
+        f"""
+        DATA:
+          - Parquet:
+              datapath: {tmp_path / "c"}
+              task: INSTRUCT
+              partitions: {{test: {{destination: test}}}}
+        """,
+    )
+    cfg = load_data_config(p)  # training on it is fine; scoring it is not
+    with pytest.raises(
+        ConfigError, match=r"data\.yml: DATA\[0\]\.Parquet\.task: task 'INSTRUCT' has no metric"
+    ):
+        cfg.for_destination("test")
+
+
+def test_prompt_format_and_no_punctuation_keys(tmp_path, mustc):
+    text = f"""
+        PROMPT_FORMAT: instruction_first
+        DATA:
+          - MuSTC:
+              datapath: {mustc}
+              task: ASR
+              languages: [en-de]
+              no_punctuation: true
+              partitions: {{train: {{destination: train}}}}
+        """
+    cfg = load_data_config(_write(tmp_path, text))
+    assert cfg.prompt_format == "instruction_first" and cfg.sources[0].no_punctuation
+    with pytest.raises(
+        ConfigError, match=r"PROMPT_FORMAT: unknown prompt format 'paper'; known: \['original'"
+    ):
+        load_data_config(_write(tmp_path, text.replace("instruction_first", "paper")))
+    with pytest.raises(ConfigError, match=r"no_punctuation: expected true or false"):
+        load_data_config(_write(tmp_path, text.replace("no_punctuation: true", "no_punctuation: 1")))
+
+
+def test_yaml_alias_bomb_is_rejected_quickly(tmp_path):
+    import time
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        levels.append(f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]")
+    text = "DATA:\n  - Parquet:\n      datapath: x\n      additional_args: {" + ", ".join(levels) + "}\n"
+    p = tmp_path / "bomb.yml"
+    p.write_text(text)
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"bomb\.yml: the config expands to \d+ values"):
+        load_data_config(p)
+    assert time.perf_counter() - start < 2.0

@@ -181,3 +181,232 @@ def test_dataloader_end_to_end(corpus, tiny_tokenizer):
         skipped.update(batch.pop("skipped"))
         assert batch["audio_values"].shape[0] == batch["input_ids"].shape[0]
     assert rows == len(ds) - 1 and skipped == {"bad_audio": 1}
+
+
+# ----------------------------------------------------------------------------- public per-item API
+def test_row_ids_task_names_and_references(corpus):
+    ds = SpeechDataset.from_config(corpus, "eval")
+    assert ds.row_ids() == [f"MuSTC.ST.en-de:dev:{k}" for k in range(6)]
+    assert ds.row_id(2) == ds[2].id and ds.task_name(2) == "ST"
+    assert ds.reference(2) == ["satz 2"] == ds[2].references
+
+
+def test_decode_failure_counted_once_per_row(corpus):
+    ds = SpeechDataset.from_config(corpus, "train")
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert ds[7] is None and ds[7] is None
+    assert ds.skips.as_dict() == {"non_finite_audio": 1}
+
+
+def _asr_rows(n: int, text: str = "hello, world") -> list[dict]:
+    return [
+        {"audio": encode_audio(_tone(0.3), SR), "transcript": f"{text} {i}", "duration": 0.3}
+        for i in range(n)
+    ]
+
+
+def test_same_stem_in_a_glob_gives_unique_row_ids(tmp_path):
+    for shard in ("a", "b"):
+        write_parquet(_asr_rows(2), tmp_path / "c" / shard / "train.parquet")
+    cfg = tmp_path / "d.yml"
+    cfg.write_text(
+        f"""
+DATA:
+  - Parquet:
+      datapath: {tmp_path / "c"}
+      task: ASR
+      files: "*/{{partition}}.parquet"
+      partitions: {{train: {{destination: test}}}}
+"""
+    )
+    ds = SpeechDataset.from_config(cfg, "test")
+    assert ds.row_ids() == [
+        "Parquet.ASR.en:a/train:0",
+        "Parquet.ASR.en:a/train:1",
+        "Parquet.ASR.en:b/train:0",
+        "Parquet.ASR.en:b/train:1",
+    ]
+    # two entries whose files would give the same ids: an error at load naming both
+    for root in ("x", "y"):
+        write_parquet(_asr_rows(2), tmp_path / root / "train.parquet")
+    entry = "  - Parquet:\n      datapath: {}\n      task: ASR\n      partitions: {{train: {{destination: train}}}}\n"
+    cfg.write_text("DATA:\n" + entry.format(tmp_path / "x") + entry.format(tmp_path / "y"))
+    with pytest.raises(
+        DataError, match=r"duplicate row ids Parquet\.ASR\.en:train:\*: d\.yml: DATA\[1\].*DATA\[0\]"
+    ):
+        SpeechDataset.from_config(cfg, "train")
+
+
+def test_no_punctuation_strips_transcript_words_and_target(tmp_path):
+    wb = [[0.0, 0.1, "Well-known,"], [0.1, 0.2, "--"], [0.2, 0.3, "don't!"]]
+    rows = [
+        {
+            "audio": encode_audio(_tone(0.3), SR),
+            "transcription": "Well-known, -- don't!",
+            "word_boundaries": json.dumps(wb),
+            "duration": 0.3,
+        }
+    ]
+    write_parquet(rows, tmp_path / "en-de_train_processed.parquet")
+    cfg = tmp_path / "n.yml"
+    cfg.write_text(
+        f"DATA:\n  - MuSTC_NWP:\n      datapath: {tmp_path}\n      task: ASR\n      languages: [en-de]\n"
+        "      partitions: {train: {destination: train}}\n"
+    )
+    s = SpeechDataset.from_config(cfg, "train", no_punctuation=True)[0]
+    assert s.transcript == "Wellknown  dont" and s.target == "Wellknown  dont"
+    assert s.word_boundaries == [[0.0, 0.1, "Wellknown"], [0.2, 0.3, "dont"]]  # "--" left nothing: dropped
+    plain = SpeechDataset.from_config(cfg, "train")[0]
+    assert plain.target == "Well-known, -- don't!" and len(plain.word_boundaries) == 3
+
+
+# ----------------------------------------------------------------------------- the original's data configs
+_META = (
+    "speaking_rate",
+    "gender",
+    "noise",
+    "reverberation",
+    "speech_monotony",
+    "sdr_noise",
+    "pesq_speech_quality",
+)
+
+
+def _original_tree(root: Path) -> None:
+    """Tiny parquet files in the original repo's folder layouts (DESIGN.md, "Data")."""
+
+    def utt(i: int, seconds: float = 1.2) -> dict:
+        words = [f"w{i}x{j}" for j in range(7)]
+        wb = [[j * seconds / 7, (j + 1) * seconds / 7, w] for j, w in enumerate(words)]
+        return {
+            "audio": encode_audio(_tone(seconds), SR),
+            "duration": seconds,
+            "words": words,
+            "wb": json.dumps(wb),
+        }
+
+    mls = []
+    for i in range(2):
+        u = utt(i)
+        row = {"audio": u["audio"], "transcript": " ".join(u["words"]), "duration": u["duration"]}
+        row.update({f: f" {f.replace('_', ' ')} {i} " for f in _META})
+        mls.append(row)
+    for name in ("mls_train_chunk_0", "mls_train_chunk_1", "mls_test"):
+        write_parquet(mls, root / "data/mls/parquet_files" / f"{name}.parquet")
+    nwp = []
+    for i in range(2):
+        u = utt(i)
+        nwp.append(
+            {
+                "audio": u["audio"],
+                "transcription": " ".join(u["words"]),
+                "word_boundaries": u["wb"],
+                "source_language": "en",
+                "target_language": "de",
+                "task": "ASR",
+                "duration": u["duration"],
+            }
+        )
+    write_parquet(nwp, root / "data/Giga_NWP/en_train_processed.parquet")
+    write_parquet(nwp, root / "data/Giga_NWP/en_train_processed_001.parquet")
+    write_parquet(nwp, root / "data/MustC_NWP/en-de_train_processed.parquet")
+    for pair in ("en-de", "en-fr", "en-it", "en-es"):
+        rows = [
+            {"audio": utt(i)["audio"], "sentence": "s", "translation": "t", "duration": 1.2} for i in range(2)
+        ]
+        write_parquet(rows, root / f"data/MUSTC_v1.0/{pair}/train.parquet")
+    write_parquet(
+        [{"audio": utt(0)["audio"], "question": "Who?\n<audio>", "answer": "Bo", "duration": 1.2}],
+        root / "data/Spoken_SQuAD/spoken_squad_train.parquet",
+    )
+    write_parquet(
+        [{"audio": utt(0)["audio"], "transcript": "g", "duration": 1.2}],
+        root / "data/Gigaspeech/parque_files/gigaspeech_train.parquet",
+    )
+
+
+def _original_config(root: Path, name: str, entries: list[tuple[str, str, str, str, str]]) -> Path:
+    """A config written the way the original's are: (type, datapath, task, languages, partition block)."""
+    text = 'INPUTS_TEXT_LIST: "llava/dataset/INPUTS_TEXT_LIST.json"\n\nDATA:\n'
+    for dtype, datapath, task, languages, part in entries:
+        text += (
+            f"    - {dtype}:\n"
+            f'        datapath: "{datapath}"\n'
+            f'        task: "{task}"\n'
+            f"        languages: {languages}\n"
+            f"        partitions:\n{part}"
+        )
+    (root / name).write_text(text)
+    return root / name
+
+
+def _partition(name: str, destination: str, max_duration: str = "45") -> str:
+    return (
+        f"            {name}:\n"
+        '                amount: ":100%"\n'
+        "                min_duration: 1\n"
+        f"                max_duration: {max_duration}\n"
+        f'                destination: "{destination}"\n'
+    )
+
+
+def test_original_configs_load_unchanged(tmp_path, monkeypatch):
+    _original_tree(tmp_path)
+    monkeypatch.chdir(tmp_path)  # the original resolves datapaths against the working directory
+    meta_target = ", ".join(f"{f.replace('_', ' ')} 0" for f in _META)
+
+    mls = _original_config(
+        tmp_path, "mls.yml", [("MLS", "data/mls", "META", '["en"]', _partition("train", "train", "150"))]
+    )
+    ds = SpeechDataset.from_config(mls, "train")
+    assert len(ds) == 4 and ds.row_id(0) == "MLS.META.en:mls_train_chunk_0:0"
+    s = ds[0]
+    assert (
+        s.task == "META" and s.target == meta_target and s.transcript == "w0x0 w0x1 w0x2 w0x3 w0x4 w0x5 w0x6"
+    )
+    assert s.prompt.startswith("<audio>\n")  # the paper's layout by default
+
+    mls_test = _original_config(
+        tmp_path,
+        "mls_en_100_percent.yml",
+        [("MLS", "data/mls", "META", '["en"]', _partition("test", "test", "null"))],
+    )
+    test = SpeechDataset.from_config(mls_test, "test")
+    assert test.row_ids() == ["MLS.META.en:mls_test:0", "MLS.META.en:mls_test:1"]
+    assert test.reference(0) == [meta_target]
+
+    giga_nwp = _original_config(
+        tmp_path,
+        "giga_nwp.yml",
+        [("Giga_NWP", "data/Giga_NWP", "ASR", '["en"]', _partition("train", "train"))],
+    )
+    mustc_nwp = _original_config(
+        tmp_path,
+        "mustc_nwp.yml",
+        [("MuSTC_NWP", "data/MustC_NWP/", "ASR", '["en-de"]', _partition("train", "train"))],
+    )
+    for cfg, n in ((giga_nwp, 4), (mustc_nwp, 2)):
+        ds = SpeechDataset.from_config(cfg, "train", interleave_options=InterleaveOptions())
+        assert len(ds) == n and ds[0].segments and "".join(k[0] for k, _ in ds[0].segments)
+
+    mix_and_meta = _original_config(
+        tmp_path,
+        "mix_and_meta.yml",
+        [
+            ("MuSTC", "data/MUSTC_v1.0", "ASR", '["en-de"]', _partition("train", "train")),
+            (
+                "MuSTC",
+                "data/MUSTC_v1.0",
+                "ST",
+                '["en-de", "en-fr", "en-it", "en-es"]',
+                _partition("train", "train"),
+            ),
+            ("Spoken_SQuAD", "data/Spoken_SQuAD", "SQA", '["en"]', _partition("train", "train", "150")),
+            ("MLS", "data/mls", "META", '["en"]', _partition("train", "train", "120")),
+            ("Gigaspeech", "data/Gigaspeech", "ASR", '["en"]', _partition("train", "train")),
+        ],
+    )
+    ds = SpeechDataset.from_config(mix_and_meta, "train")
+    assert Counter(ds.task_name(i) for i in range(len(ds))) == {"ASR": 3, "ST": 8, "SQA": 1, "META": 4}
+    assert all(ds[i] is not None for i in range(len(ds)))

@@ -163,3 +163,15 @@ def test_write_parquet_types(tmp_path):
     assert pq.ParquetFile(tmp_path / "t.parquet").metadata.num_row_groups == 3
     with pytest.raises(ValueError, match="nothing to write"):
         write_parquet([], tmp_path / "e.parquet")
+
+
+def test_write_parquet_uses_the_usual_file_mode(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        write_parquet([{"n": 1}], tmp_path / "m.parquet")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.parquet").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left

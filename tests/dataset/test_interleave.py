@@ -83,3 +83,39 @@ def test_short_speech_cut_is_widened_inside_the_waveform():
 def test_bad_ranges():
     with pytest.raises(ValueError):
         plan_spans(5, np.random.default_rng(0), text_words=(0, 3))
+
+
+def _reference_labels(num_words: int, rng: np.random.Generator) -> list[str]:
+    """An independent per-word reading of the original's rules (text 4-10, speech 2-5 words)."""
+    labels: list[str] = []
+    modality = "text" if rng.random() < 0.5 else "audio"
+    while len(labels) < num_words:
+        remaining = num_words - len(labels)
+        if remaining < 6:
+            final = "audio" if labels and labels[-1] == "text" else "text"
+            return labels + [final] * remaining
+        lo, hi = (4, 10) if modality == "text" else (2, 5)
+        labels += [modality] * int(rng.integers(lo, min(hi, remaining) + 1))
+        modality = "audio" if modality == "text" else "text"
+    return labels
+
+
+@pytest.mark.parametrize("num_words", [1, 5, 6, 7, 11, 12, 40])
+def test_spans_follow_the_original_rules(num_words):
+    for seed in range(40):
+        spans = plan_spans(num_words, np.random.default_rng(seed))
+        labels = [m for m, i, j in spans for _ in range(i, j)]
+        assert labels == _reference_labels(num_words, np.random.default_rng(seed))
+        lengths = [(m, j - i) for m, i, j in spans]
+        for m, n in lengths[:-1]:  # every span but the last is within its range
+            assert (4 <= n <= 10) if m == "text" else (2 <= n <= 5)
+
+
+def test_short_utterances_stay_text():
+    speech = 0
+    for k in range(2000):
+        n = 1 + k % 5  # 1..5 words
+        spans = plan_spans(n, stable_rng(42, "interleave", f"utt{k}"))
+        speech += sum(1 for m, _, _ in spans if m == "audio")
+        assert spans == [("text", 0, n)]
+    assert speech == 0

@@ -268,3 +268,42 @@ def test_array_audio_with_duration_column_and_bad_duration_type(tmp_path):
     write_parquet([dict(rows[0], duration="half a second")], bad)
     with pytest.raises(DataError, match=r"strdur\.parquet: column 'duration' is not numeric seconds"):
         ParquetSource(_spec(bad))
+
+
+def test_real_duration_overrides_a_wrong_column(tmp_path, caplog):
+    rows = _asr_rows(3)
+    rows[1]["duration"] = 0.1  # the audio is 0.4 s: a wrong label must not pass max_duration
+    rows[2]["duration"] = 0.52  # 0.5 s of audio: 4 % off, no warning for it
+    path = tmp_path / "dur.parquet"
+    write_parquet(rows, path)
+    skips = SkipCounter()
+    with caplog.at_level("WARNING", logger="llava.dataset.sources"):
+        src = ParquetSource(_spec(path, hi=0.35), skips=skips)
+    assert skips.as_dict() == {"too_long": 2} and len(src) == 1
+    assert src.duration_mismatches == 1
+    assert "1 row(s) whose duration column differs from the audio by more than 10 %" in caplog.text
+    assert "row 1: column 0.1 s, audio 0.4 s" in caplog.text
+    # without the header check the column is all there is
+    assert len(ParquetSource(_spec(path, hi=0.35), check_audio=False)) == 2
+
+
+def test_reference_and_row_without_decoding(tmp_path, monkeypatch):
+    path = tmp_path / "sqa.parquet"
+    audio = encode_audio(_tone(0.5), SR)
+    write_parquet([{"audio": audio, "question": "Who?", "answer": ["Ann", "ann."], "duration": 0.5}], path)
+    monkeypatch.setattr(sources_mod, "decode_audio", lambda *a, **k: pytest.fail("decoded"))
+    src = ParquetSource(_spec(path, dtype="Spoken_SQuAD", task="SQA"))
+    assert src.row(0) == {"question": "Who?", "answer": ["Ann", "ann."], "duration": 0.5}
+    assert src.reference(0) == ["Ann", "ann."] and src.reference(0, no_punctuation=True) == ["Ann", "ann"]
+
+
+def test_prompt_layouts_of_a_row(tmp_path):
+    path = tmp_path / "sqa.parquet"
+    audio = encode_audio(_tone(0.5), SR)
+    write_parquet(
+        [{"audio": audio, "question": "Who came?\n<audio>", "answer": "Ann", "duration": 0.5}], path
+    )
+    src = ParquetSource(_spec(path, dtype="Spoken_SQuAD", task="SQA"))
+    instruction = PromptBank.load().instructions("SQA")[0]
+    assert src.sample(0, _prompter("original")).prompt == f"<audio>\n{instruction} Who came?"
+    assert src.sample(0, _prompter("instruction_first")).prompt == "Who came?\n<audio>"
