@@ -7,8 +7,17 @@ import pytest
 
 from llava.constants import AUDIO_TOKEN
 from llava.dataset.config import ConfigError
-from llava.dataset.prompts import PromptBank, attach_audio
+from llava.dataset.prompts import (
+    PAPER_SYSTEM_PROMPT,
+    PROMPT_FORMATS,
+    PromptBank,
+    Prompter,
+    attach_audio,
+    get_prompt_format,
+    resolve_system_prompt,
+)
 from llava.dataset.seeding import stable_rng
+from llava.dataset.tasks import get_task
 
 
 def test_shipped_prompts_are_valid():
@@ -82,3 +91,65 @@ def test_stable_rng_independent_of_process_hash():
     b = stable_rng(1, "x", 3).integers(1 << 30, size=4)
     c = stable_rng(1, "x", 4).integers(1 << 30, size=4)
     assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+# ----------------------------------------------------------------------------- prompt layouts
+
+
+def test_original_layout_audio_first_fixed_instruction():
+    bank = PromptBank({"ASR": ["Transcribe.", "Write it down."], "SQA": ["Answer the question."]})
+    p = Prompter(bank, "original")
+    row = {"transcript": "x"}
+    turns = {p.user_turn(get_task("ASR"), row, rng=stable_rng(1, "u", e)) for e in range(10)}
+    assert turns == {"<audio>\nTranscribe."}  # one fixed instruction even in training
+    sqa = {"question": "Who won?\n<audio>", "answer": "Ann"}
+    assert p.user_turn(get_task("SQA"), sqa) == "<audio>\nAnswer the question. Who won?"
+    # sampling is an option of its own
+    random = Prompter(bank, "original", "random")
+    turns = {random.user_turn(get_task("ASR"), row, rng=stable_rng(1, "u", e)) for e in range(10)}
+    assert turns == {"<audio>\nTranscribe.", "<audio>\nWrite it down."}
+    assert random.user_turn(get_task("ASR"), row) == "<audio>\nTranscribe."  # no rng (eval): fixed
+
+
+def test_instruction_first_layout_is_the_previous_one():
+    bank = PromptBank({"ASR": ["Transcribe.", "Write it down."], "SQA": ["Answer the question."]})
+    p = Prompter(bank, "instruction_first")
+    assert p.instruction_sampling == "random"
+    assert p.user_turn(get_task("ASR"), {}) == "Transcribe.\n<audio>"
+    assert p.user_turn(get_task("SQA"), {"question": "Who won?\n<audio>"}) == "Who won?\n<audio>"
+    assert p.user_turn(get_task("SQA"), {"question": "Who won?"}) == "Answer the question.\nWho won?\n<audio>"
+    given = {"prompt": "<audio> Describe the voice.", "target": "calm"}
+    assert p.user_turn(get_task("INSTRUCT"), given) == "<audio> Describe the voice."
+    assert Prompter(bank, "original").user_turn(get_task("INSTRUCT"), given) == "<audio>\nDescribe the voice."
+
+
+def test_unknown_layout_and_sampling_name_the_flag():
+    assert list(PROMPT_FORMATS) == ["original", "instruction_first"]
+    assert get_prompt_format("original").system_prompt == PAPER_SYSTEM_PROMPT
+    with pytest.raises(
+        ValueError, match=r"--prompt_format 'paper': unknown prompt format; known: \['original'"
+    ):
+        Prompter(PromptBank.load(), "paper")
+    with pytest.raises(ValueError, match=r"--instruction_sampling 'sometimes'"):
+        Prompter(PromptBank.load(), "original", "sometimes")
+
+
+def test_system_prompt_text_file_default_and_none(tmp_path):
+    assert resolve_system_prompt(None, "original") == PAPER_SYSTEM_PROMPT
+    assert resolve_system_prompt(None, "instruction_first") is None
+    assert resolve_system_prompt("none", "original") is None and resolve_system_prompt("", "original") is None
+    assert resolve_system_prompt("You are terse.") == "You are terse."
+    f = tmp_path / "system.txt"
+    f.write_text("  From a file.\n")
+    assert resolve_system_prompt(str(f)) == "From a file."
+    with pytest.raises(ValueError, match=r"--system_prompt .*missing\.txt: file not found"):
+        resolve_system_prompt(str(tmp_path / "missing.txt"))
+
+
+def test_shipped_prompts_cover_every_task_without_a_row_instruction():
+    bank = PromptBank.load()
+    Prompter(bank).check_tasks([get_task(n) for n in ("ASR", "ST", "SQA", "META", "INSTRUCT")])
+    for task in ("SQA", "META"):  # the paper's layout adds the question after the instruction
+        assert all("{question}" not in t for t in bank.instructions(task))
+    with pytest.raises(ConfigError, match="no instructions for task 'META'"):
+        Prompter(PromptBank({"ASR": ["x"]})).check_tasks([get_task("META")])
