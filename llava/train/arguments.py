@@ -121,6 +121,17 @@ class DataArguments:
     strict_data: bool = False
     # Cap on evaluation samples taken from the eval destination (0 = all).
     max_eval_samples: int = 0
+    # Prompt layout (llava.dataset.prompts.PROMPT_FORMATS): original (the paper's: fixed system turn,
+    # "<audio>\n{instruction}", one fixed instruction per task) | instruction_first ("{instruction}\n<audio>",
+    # no system turn, sampled instructions). Unset: the data config's PROMPT_FORMAT, else original.
+    prompt_format: str | None = None
+    # System turn: its text, a file holding it, or "none"; unset: the prompt format's own.
+    system_prompt: str | None = None
+    # Instruction per training sample: fixed (the task's first) | random (seeded draw); unset: the format's.
+    instruction_sampling: str | None = None
+    # Delete punctuation ([^\w\s]) from transcripts, word-boundary words and targets (as the original's
+    # mixed-NWP scripts do).
+    no_punctuation: bool = False
 
 
 @dataclass

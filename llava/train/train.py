@@ -26,6 +26,7 @@ from llava.dataset.collator import SpeechCollator
 from llava.dataset.config import load_data_config
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.interleave import InterleaveOptions
+from llava.dataset.prompts import PromptSettings, resolve_prompt_settings
 from llava.model.builder import (
     LoraSettings,
     apply_training_mode,
@@ -123,10 +124,26 @@ def check_word_boundaries(data_config) -> None:
             )
 
 
+def prompt_settings(data_args: DataArguments, data_config) -> PromptSettings:
+    """The run's prompt layout, system turn and instruction sampling (ValueError naming the flag)."""
+    return resolve_prompt_settings(
+        data_args.prompt_format,
+        data_args.system_prompt,
+        data_args.instruction_sampling,
+        config_format=data_config.prompt_format,
+    )
+
+
 def build_datasets(
     data_args: DataArguments, training_args: TrainingArguments, data_config, sampling_rate: int
 ):
     interleave = InterleaveOptions(seed=training_args.seed) if data_args.audio_nwp else None
+    prompts = prompt_settings(data_args, data_config)
+    text_options = dict(
+        prompt_format=prompts.prompt_format,
+        instruction_sampling=prompts.instruction_sampling,
+        no_punctuation=data_args.no_punctuation,
+    )
     train_ds = SpeechDataset.from_config(
         data_config,
         "train",
@@ -135,6 +152,7 @@ def build_datasets(
         interleave_options=interleave,
         sampling_rate=sampling_rate,
         strict=data_args.strict_data,
+        **text_options,
     )
     eval_ds = None
     if data_config.for_destination("eval"):
@@ -145,6 +163,7 @@ def build_datasets(
             interleave_options=interleave,
             sampling_rate=sampling_rate,
             strict=data_args.strict_data,
+            **text_options,
         )
         if data_args.max_eval_samples and len(eval_ds) > data_args.max_eval_samples:
             eval_ds = torch.utils.data.Subset(eval_ds, range(data_args.max_eval_samples))
@@ -162,6 +181,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     # Fail on a malformed data config or a missing checkpoint before loading gigabytes of weights.
     resume = resume_checkpoint(training_args)
     data_config = load_data_config(data_args.data_config_path)
+    prompts = prompt_settings(data_args, data_config)  # unknown format, missing system-prompt file
     if data_args.audio_nwp:
         check_word_boundaries(data_config)
     if loss_args.contrastive_training and not loss_args.contrastive_gather:
@@ -219,6 +239,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         mode=objective.collator_mode,
         with_transcript=objective.needs_transcript,
         max_length=data_args.model_max_length,
+        system_prompt=prompts.system_prompt,
     )
     trainer = SpeechTrainer(
         model=model,
