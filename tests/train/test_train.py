@@ -128,6 +128,25 @@ def test_resume_true_without_a_checkpoint_fails_before_loading(
             train_mod.main(_args(tiny_base_dirs, tiny_corpus, out, "--resume_from_checkpoint", value))
 
 
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (
+            ["--prompt_format", "paper"],
+            r"--prompt_format 'paper': unknown prompt format; known: \['original'",
+        ),
+        (["--system_prompt", "prompts/missing.txt"], r"--system_prompt prompts/missing\.txt: file not found"),
+        (["--instruction_sampling", "often"], r"--instruction_sampling 'often'"),
+    ],
+)
+def test_bad_prompt_options_fail_before_loading(
+    tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch, extra, match
+):
+    monkeypatch.setattr(train_mod, "build_model", lambda *a, **k: pytest.fail("model loaded"))
+    with pytest.raises(ValueError, match=match):
+        train_mod.main(_args(tiny_base_dirs, tiny_corpus, tmp_path / "x", *extra))
+
+
 def test_resume_checkpoint_follows_the_trainer_conventions(tmp_path):
     from llava.train.arguments import TrainingArguments
 
@@ -226,7 +245,7 @@ def _two_process_run(tmp_path, base_dirs, corpus, name, port, *extra):
     args = _args(base_dirs, corpus, tmp_path / name, "--max_steps", "2", "--contrastive_training", "True",
                  "--contrastive_layer", "all", "--contrastive_gather", "True", "--save_strategy", "no", *extra)  # fmt: skip
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
-           str(REPO / "llava" / "train" / "train.py"), *args]  # fmt: skip
+           "-m", "llava.train.train", *args]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "data-parallel processes: 2" in proc.stdout + proc.stderr
@@ -251,3 +270,53 @@ def test_two_process_deepspeed_zero2_run(tmp_path, tiny_base_dirs, tiny_corpus):
         "--deepspeed",
         str(REPO / "conf" / "zero2.json"),
     )
+
+
+@pytest.mark.slow
+def test_two_node_launch_on_one_machine(tmp_path, tiny_base_dirs, tiny_corpus):
+    """scripts/launch.sh with NNODES=2: two torchrun agents (one per "node") meet at a c10d
+    rendezvous and train one data-parallel run over gloo."""
+    enc, llm = tiny_base_dirs
+    env = dict(os.environ, MODEL_PATH=str(llm), AUDIO_ENCODER=str(enc), NUM_GPUS="0", NNODES="2",
+               MASTER_ADDR="127.0.0.1", MASTER_PORT="29533", RDZV_ID="two-nodes", OMP_NUM_THREADS="1",
+               DATA_CONFIG=str(tiny_corpus / "configs" / "pretrain_asr.yml"), OUTPUT_DIR=str(tmp_path / "out"))  # fmt: skip
+    cmd = ["bash", str(REPO / "scripts" / "pretrain" / "pretrain-asr.sh"), "--max_steps", "2",
+           "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
+           "--dataloader_num_workers", "0", "--disable_tqdm", "True", *TINY_PROJECTOR]  # fmt: skip
+    nodes = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    logs = [node.communicate(timeout=300)[0] for node in nodes]
+    assert all(node.returncode == 0 for node in nodes), "\n".join(log[-2000:] for log in logs)
+    assert "data-parallel processes: 2" in "".join(logs)
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "out").values())
+
+
+@pytest.mark.parametrize(
+    ("env", "extra", "want", "unwanted"),
+    [
+        ({"NUM_GPUS": "0"}, [], ["python -m llava.train.train"], ["--deepspeed", "--gradient_checkpointing", "--bf16"]),
+        ({"NUM_GPUS": "4"}, [], ["torchrun --nnodes 1 --nproc_per_node 4", "-m llava.train.train", "--bf16 True"],
+         ["--deepspeed", "--gradient_checkpointing"]),
+        ({"NUM_GPUS": "4"}, ["--lora_enable", "True"], ["torchrun", "--deepspeed " + str(REPO / "conf" / "zero2.json")],
+         ["--gradient_checkpointing"]),
+        ({"NUM_GPUS": "4"}, ["--freeze_backbone=False"], ["--deepspeed", "--gradient_checkpointing True"], []),
+        ({"NUM_GPUS": "4", "GRADIENT_CHECKPOINTING": "1"}, [], ["--gradient_checkpointing True"], ["--deepspeed"]),
+        ({"NUM_GPUS": "4", "DEEPSPEED_CONFIG": "z3.json", "LAUNCHER": "deepspeed"}, [],
+         ["deepspeed --num_gpus 4", "--module llava.train.train", "--deepspeed z3.json"], ["torchrun"]),
+        ({"NUM_GPUS": "8", "NNODES": "2", "MASTER_ADDR": "node1", "RDZV_ID": "42"}, [],
+         ["--nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint node1:29500 --rdzv_id 42"], []),
+        ({"NUM_GPUS": "0", "NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "node1"}, [],
+         ["torchrun --nnodes 2 --nproc_per_node 1 --node_rank 1 --master_addr node1"], ["--rdzv"]),
+    ],
+)  # fmt: skip
+def test_launcher_choices(env, extra, want, unwanted):
+    """Plain DDP for projector-only training, DeepSpeed for LoRA / full fine-tuning, gradient
+    checkpointing off unless asked for (or the whole LLM trains), multi-node through torchrun."""
+    run_env = {k: v for k, v in os.environ.items() if k not in ("NNODES", "NODE_RANK", "LAUNCHER")}
+    run_env.update(env, DRY_RUN="1")
+    cmd = ["bash", str(REPO / "scripts" / "pretrain" / "pretrain-asr.sh"), *extra]
+    out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True).stdout
+    assert all(w in out for w in want), out
+    assert not any(u in out for u in unwanted), out
