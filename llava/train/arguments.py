@@ -82,6 +82,13 @@ class ModelArguments:
     attn_implementation: str = "sdpa"
     # Storage dtype of the frozen encoder and LLM: auto (bf16 with --bf16, fp16 with --fp16) | float32 | bfloat16 | float16.
     frozen_dtype: str = "auto"
+    # Frozen-encoder feature cache directory, shared by both stages and evaluation (see
+    # llava.model.feature_cache; fill it ahead with `python -m llava.model.feature_cache`); unset = off.
+    audio_feature_cache: str | None = None
+    # Storage dtype of cached features: bfloat16 (half the disk) | float32 (bit-equal to an fp32 encoder).
+    audio_feature_cache_dtype: str = "bfloat16"
+    # torch.compile the LLM's decoder layers (llava.model.compile); a GPU speed-up, on a CPU for testing only.
+    torch_compile_llm: bool = False
 
     def projector_config(self) -> dict:
         if self.mm_speech_projector_type == "qformer":
@@ -188,6 +195,10 @@ class TrainingArguments(HfTrainingArguments):
     save_strategy: str = "steps"
     save_steps: float = 1000
     save_total_limit: int | None = 10
+    # Throughput in the training logs: audio-seconds/s, tokens/s, padding, MFU on a GPU (llava.train.throughput).
+    log_throughput: bool = True
+    # Device peak TFLOP/s for the MFU estimate; 0 = the known dense bf16 peak of this GPU (no MFU on a CPU).
+    mfu_peak_tflops: float = 0.0
 
     def __post_init__(self) -> None:
         # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;

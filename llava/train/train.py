@@ -34,8 +34,11 @@ from llava.model.builder import (
     count_parameters,
     load_projector,
 )
+from llava.model.compile import compile_llm
+from llava.model.feature_cache import attach_feature_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.objectives import build_objective
+from llava.train.throughput import attach_throughput
 from llava.train.trainer import SpeechTrainer, data_parallel_world
 
 logger = logging.getLogger("llava.train")
@@ -231,6 +234,14 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     logger.info(
         "parameters: %.2fM trainable, %.2fM frozen", counts["trainable"] / 1e6, counts["frozen"] / 1e6
     )
+    # After freezing and dtype are final: the cache key covers both (a training encoder bypasses it).
+    attach_feature_cache(
+        model.audio_tower, model_args.audio_feature_cache, model_args.audio_feature_cache_dtype
+    )
+    if model_args.torch_compile_llm:
+        compile_llm(
+            model, training_args.torch_compile_backend or "inductor", training_args.torch_compile_mode
+        )
 
     train_ds, eval_ds = build_datasets(data_args, training_args, data_config, model.audio_tower.sampling_rate)
     collator = SpeechCollator(
@@ -253,6 +264,8 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         batch_max_seconds=data_args.batch_max_seconds,
         log_term_grad_norms=loss_args.log_term_grad_norms,
     )
+    if training_args.log_throughput:
+        attach_throughput(trainer, model.audio_tower.sampling_rate, training_args.mfu_peak_tflops)
     world, rank = data_parallel_world()
     logger.info("data-parallel processes: %d (this is rank %d)", world, rank)
     trainer.train(resume_from_checkpoint=resume)
@@ -263,6 +276,8 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         if trainer.skipped_samples:
             logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))
         logger.info("trainable weights saved to %s", training_args.output_dir)
+        if model.audio_tower.feature_cache is not None:
+            logger.info("%s", model.audio_tower.feature_cache.summary())
     return trainer
 
 
