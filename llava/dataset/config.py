@@ -52,8 +52,28 @@ from typing import Any
 
 import yaml
 
-from llava.dataset.tasks import META_ATTRIBUTES, task_fields
+from llava.dataset.amount import FULL, AmountSlice, parse_amount
+from llava.dataset.formats import DATASET_TYPES, FIELDS, GENERIC_TYPE, TASKS, DatasetType
 from llava.dataset.tasks import TASKS as TASK_REGISTRY
+
+__all__ = [
+    "DATASET_TYPES",
+    "DEFAULT_PROMPTS_PATH",
+    "DESTINATIONS",
+    "FIELDS",
+    "FULL",
+    "GENERIC_TYPE",
+    "TASKS",
+    "AmountSlice",
+    "ConfigError",
+    "DataConfig",
+    "DatasetEntry",
+    "DatasetType",
+    "PartitionConfig",
+    "SourceSpec",
+    "load_data_config",
+    "parse_amount",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,146 +81,17 @@ DEFAULT_PROMPTS_PATH = Path(__file__).with_name("prompts.json")
 # The instruction file the original configs name; it was never published (see the module docstring).
 ORIGINAL_PROMPTS_PATH = "llava/dataset/INPUTS_TEXT_LIST.json"
 DESTINATIONS = ("train", "eval", "test")
-TASKS = tuple(TASK_REGISTRY)
 
-# Logical fields a source can provide; dataset types map them to their parquet column names.
-FIELDS = tuple(dict.fromkeys(("audio", "duration", "transcript", "word_boundaries", *task_fields())))
 # Upper bound on the values of a config after YAML aliases are followed: a few aliases nested a few
 # levels deep ("billion laughs") would otherwise make environment expansion take minutes.
 MAX_CONFIG_VALUES = 100_000
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_NUM = r"(\d+(?:\.\d*)?|\.\d+)"
-_AMOUNT = re.compile(rf"^\s*(?:{_NUM}\s*(%)?)?\s*:\s*(?:{_NUM}\s*(%)?)?\s*$")
 
 
 class ConfigError(ValueError):
     """A malformed data config; the message names the file and the field."""
 
-
-# ----------------------------------------------------------------------------- amount slices
-@dataclass(frozen=True)
-class AmountSlice:
-    """A row range of a parquet file: percent (`":10%"`, `"10:20%"`) or absolute rows (`"0:500"`)."""
-
-    start: float | None  # None = from the first row
-    stop: float | None  # None = to the last row
-    percent: bool  # True: start/stop are percentages of the row count
-    text: str = ":100%"  # as written in the config
-
-    def bounds(self, num_rows: int) -> tuple[int, int]:
-        """Half-open row range [start, stop) for a file of `num_rows` rows."""
-
-        def at(value: float | None, default: int) -> int:
-            if value is None:
-                return default
-            # Percent boundaries round to the closest row, as `datasets` split slicing does.
-            row = math.floor(num_rows * value / 100 + 0.5) if self.percent else int(value)
-            return min(max(row, 0), num_rows)
-
-        start, stop = at(self.start, 0), at(self.stop, num_rows)
-        return start, max(start, stop)
-
-
-FULL = AmountSlice(None, None, True, ":100%")
-
-
-def parse_amount(text: Any) -> AmountSlice:
-    """Parse `":X%"`, `"X1:X2%"` (both percent), `"X1%:X2%"`, or `"X1:X2"` (rows); raises ValueError."""
-    expected = f'expected ":X%" or "X1:X2%", got {text!r}'
-    if not isinstance(text, str):
-        raise ValueError(expected)
-    inner = text.strip()
-    if inner.startswith("[") and inner.endswith("]"):  # tolerate the `split[...]` bracket form
-        inner = inner[1:-1]
-    m = _AMOUNT.match(inner)
-    if not m:
-        raise ValueError(expected)
-    start_s, start_pct, stop_s, stop_pct = m.groups()
-    if start_pct and stop_s is not None and not stop_pct:
-        raise ValueError(f"{expected} (start is a percentage but stop is a row count)")
-    percent = bool(start_pct or stop_pct)
-    start = float(start_s) if start_s is not None else None
-    stop = float(stop_s) if stop_s is not None else None
-    if not percent and ((start is not None and not start.is_integer()) or (stop and not stop.is_integer())):
-        raise ValueError(f"{expected} (row counts must be integers)")
-    if percent and any(v is not None and v > 100 for v in (start, stop)):
-        raise ValueError(f"{expected} (percentages must lie in [0, 100])")
-    if start is not None and stop is not None and start > stop:
-        raise ValueError(f"{expected} (start {start:g} is after stop {stop:g})")
-    return AmountSlice(start, stop, percent, text)
-
-
-# ----------------------------------------------------------------------------- dataset types
-@dataclass(frozen=True)
-class DatasetType:
-    """Where a dataset type keeps its parquet files and what its columns are called."""
-
-    name: str
-    tasks: tuple[str, ...]  # tasks this type can serve
-    columns: Mapping[str, str]  # logical field -> parquet column
-    # File templates relative to `datapath`, tried in order (the first existing one wins); placeholders:
-    # {src}, {tgt} (from a "src-tgt" language entry), {lang} (the entry as written), {partition}.
-    file_templates: tuple[str, ...]
-    needs_pair: bool = False  # languages must be "src-tgt"
-
-
-_MUSTC_COLUMNS = {
-    "audio": "audio",
-    "transcript": "sentence",
-    "translation": "translation",
-    "duration": "duration",
-}
-_ASR_COLUMNS = {"audio": "audio", "transcript": "transcript", "duration": "duration"}
-# MLS with the speaker descriptions (parler-tts/mls-eng-speaker-descriptions): transcript + attributes.
-_MLS_COLUMNS = {**_ASR_COLUMNS, **{f: f for f in META_ATTRIBUTES}}
-_NWP_COLUMNS = {
-    "audio": "audio",
-    "transcript": "transcription",
-    "word_boundaries": "word_boundaries",
-    "duration": "duration",
-}
-_SQA_COLUMNS = {"audio": "audio", "question": "question", "answer": "answer", "duration": "duration"}
-
-# Generic parquet files: every logical field defaults to a column of the same name.
-GENERIC_TYPE = "Parquet"
-
-DATASET_TYPES: dict[str, DatasetType] = {
-    "MuSTC": DatasetType("MuSTC", ("ASR", "ST"), _MUSTC_COLUMNS, ("{src}-{tgt}/{partition}.parquet",), True),
-    "MuSTC_NWP": DatasetType(
-        "MuSTC_NWP",
-        ("ASR",),
-        _NWP_COLUMNS,
-        ("{src}-{tgt}_{partition}_processed.parquet", "{src}-{tgt}_{partition}_processed*.parquet"),
-        True,
-    ),
-    "Gigaspeech": DatasetType(
-        "Gigaspeech",
-        ("ASR",),
-        _ASR_COLUMNS,
-        # The original code spelled the folder `parque_files`; both spellings are accepted.
-        ("parquet_files/gigaspeech_{partition}.parquet", "parque_files/gigaspeech_{partition}.parquet"),
-    ),
-    # The original writes `{language}_{split}_processed.parquet` and reads `..._processed*.parquet`
-    # (shards); its configs give one language ("en").
-    "Giga_NWP": DatasetType("Giga_NWP", ("ASR",), _NWP_COLUMNS, ("{lang}_{partition}_processed*.parquet",)),
-    "MLS": DatasetType(
-        "MLS",
-        ("META", "ASR"),
-        _MLS_COLUMNS,
-        (
-            # the original's layout: training shards and one test file under parquet_files/
-            "parquet_files/mls_{partition}_chunk_*.parquet",
-            "parquet_files/mls_{partition}.parquet",
-            "{src}/{partition}.parquet",
-            "mls_{src}_{partition}.parquet",
-        ),
-    ),
-    "Spoken_SQuAD": DatasetType(
-        "Spoken_SQuAD", ("SQA",), _SQA_COLUMNS, ("spoken_squad_{partition}.parquet",)
-    ),
-    GENERIC_TYPE: DatasetType(GENERIC_TYPE, TASKS, {f: f for f in FIELDS}, ("{partition}.parquet",)),
-}
 
 # Keys the original configs may carry that have no effect here.
 _IGNORED_DATASET_KEYS = ("additional_args", "audio_nwp", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST")

@@ -6,12 +6,9 @@ from pathlib import Path
 import pytest
 
 from llava.dataset.config import (
-    DATASET_TYPES,
     DEFAULT_PROMPTS_PATH,
-    AmountSlice,
     ConfigError,
     load_data_config,
-    parse_amount,
 )
 
 
@@ -32,35 +29,6 @@ def mustc(tmp_path):
     _touch(tmp_path / "mustc" / "en-de" / "train.parquet")
     _touch(tmp_path / "mustc" / "en-de" / "tst-COMMON.parquet")
     return tmp_path / "mustc"
-
-
-# ----------------------------------------------------------------------------- amount
-@pytest.mark.parametrize(
-    "text, n, expected",
-    [
-        (":100%", 10, (0, 10)),
-        (":10%", 200, (0, 20)),
-        ("10:20%", 200, (20, 40)),
-        ("10%:20%", 200, (20, 40)),
-        ("50%:", 10, (5, 10)),
-        ("3:7", 10, (3, 7)),
-        (":50", 10, (0, 10)),  # row counts are clipped to the file
-        ("[:25%]", 8, (0, 2)),
-        (":33%", 3, (0, 1)),  # percent boundaries round to the closest row
-    ],
-)
-def test_amount_slices(text, n, expected):
-    assert parse_amount(text).bounds(n) == expected
-
-
-@pytest.mark.parametrize("text", ["abc", "10%", "", "20:10%", ":150%", "5%:10", ":1.5", None, 50])
-def test_amount_rejects(text):
-    with pytest.raises(ValueError, match=r'expected ":X%" or "X1:X2%"'):
-        parse_amount(text)
-
-
-def test_amount_slice_empty_file():
-    assert AmountSlice(10, 20, True).bounds(0) == (0, 0)
 
 
 # ----------------------------------------------------------------------------- full configs
@@ -205,18 +173,6 @@ def test_generic_parquet_with_columns_and_glob(tmp_path):
     sources = load_data_config(p).sources
     assert [s.path.name for s in sources] == ["train-a.parquet", "train-b.parquet"]
     assert sources[0].columns["transcript"] == "text" and sources[0].columns["audio"] == "audio"
-
-
-def test_registry_is_explicit():
-    assert set(DATASET_TYPES) == {
-        "MuSTC",
-        "MuSTC_NWP",
-        "Gigaspeech",
-        "Giga_NWP",
-        "MLS",
-        "Spoken_SQuAD",
-        "Parquet",
-    }
 
 
 # ----------------------------------------------------------------------------- errors
