@@ -8,6 +8,7 @@ resuming) is HF `TrainingArguments`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -203,7 +204,39 @@ class TrainingArguments(HfTrainingArguments):
     def __post_init__(self) -> None:
         # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;
         # otherwise torchrun would start independent, unsynchronised processes. DeepSpeed keeps its
+    # Data-loading worker processes per training process (audio decoding off the training loop);
+    # -1 = sized from the machine: this process's share of the node's CPUs, less one, at most 8.
+    dataloader_num_workers: int = -1
+    # Batches each worker prepares ahead (default with workers: 2).
+    dataloader_prefetch_factor: int | None = None
+    # Keep the workers between epochs (default: on with workers).
+    dataloader_persistent_workers: bool | None = None
+
         # own engine (and its own process group) either way.
+        self._size_dataloader()
         if not self.use_cpu and not self.deepspeed and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+
+    def _size_dataloader(self) -> None:
+        if self.dataloader_num_workers < 0:
+            self.dataloader_num_workers = default_dataloader_workers()
+        workers = self.dataloader_num_workers > 0
+        if self.dataloader_prefetch_factor is None and workers:
+            self.dataloader_prefetch_factor = 2
+        if self.dataloader_persistent_workers is None:
+            self.dataloader_persistent_workers = workers
+        if not workers:  # torch refuses both without workers
+            self.dataloader_prefetch_factor = None
+            self.dataloader_persistent_workers = False
+
+
+def default_dataloader_workers(max_workers: int = 8) -> int:
+    """Workers per training process: the CPUs this process may use, shared among the processes on
+    this node (LOCAL_WORLD_SIZE, set by torchrun), less one for the training loop itself."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(0, min(max_workers, cpus // local_processes - 1))

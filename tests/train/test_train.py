@@ -65,24 +65,26 @@ def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_
 
 def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch):
     from llava.train import trainer as trainer_mod
+    from llava.train.objectives import ObjectiveSet
 
-    real = trainer_mod.compute_objective
+    real = ObjectiveSet.forward
     calls = {"n": 0}
 
-    def sometimes_nan(model, batch, objective, rng, temperature=None):
-        loss, terms = real(model, batch, objective, rng, temperature)
+    def sometimes_nan(self, model, batch):
+        terms = real(self, model, batch)
         calls["n"] += 1
         if calls["n"] % 2 == 0:
-            loss = loss * float("nan")
-        return loss, terms
+            terms = {k: v * float("nan") for k, v in terms.items()}
+        return terms
 
-    monkeypatch.setattr(trainer_mod, "compute_objective", sometimes_nan)
+    monkeypatch.setattr(ObjectiveSet, "forward", sometimes_nan)
     t = train_mod.main(_args(tiny_base_dirs, tiny_corpus, tmp_path / "a", "--max_steps", "4"))
     assert t.nonfinite_steps == 2
     assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "a").values())
 
-    monkeypatch.setattr(trainer_mod, "compute_objective", lambda m, b, o, r, temperature=None: (
-        real(m, b, o, r, temperature)[0] * float("inf"), {}))  # fmt: skip
+    monkeypatch.setattr(
+        ObjectiveSet, "forward", lambda self, m, b: {k: v * float("inf") for k, v in real(self, m, b).items()}
+    )
     with pytest.raises(trainer_mod.NonFiniteLossError, match="non-finite"):
         train_mod.main(
             _args(
@@ -202,6 +204,31 @@ def test_lora_per_component_and_freeze_list_from_the_command_line(tmp_path, tiny
     assert any(".layers.0." in k for k in w) and not any(
         ".layers.1." in k and "language_model" in k for k in w
     )
+
+
+def test_dataloader_workers_see_each_epoch(tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch):
+    """Persistent workers keep their own copy of the dataset; prompts are still drawn per epoch."""
+    from llava.dataset.dataset import SpeechDataset
+
+    log = tmp_path / "fetched.txt"
+    real = SpeechDataset.__getitem__
+
+    def recording(self, i):
+        with open(log, "a") as f:  # appended from the worker processes
+            f.write(f"{os.getpid()} {self.epoch}\n")
+        return real(self, i)
+
+    monkeypatch.setattr(SpeechDataset, "__getitem__", recording)
+    args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "w", "--num_train_epochs", "2", "--data_subset", "0.2",
+                 "--save_strategy", "no")  # fmt: skip
+    args[args.index("--dataloader_num_workers") + 1] = "1"
+    t = train_mod.main(args)
+    assert t.args.dataloader_persistent_workers and t.args.dataloader_prefetch_factor == 2
+    rows = [line.split() for line in log.read_text().splitlines()]
+    pids = {pid for pid, _ in rows}
+    assert str(os.getpid()) not in pids and len(pids) == 1  # one persistent worker did all the loading
+    epochs = [int(e) for _, e in rows]
+    assert epochs == sorted(epochs) and set(epochs) == {0, 1}
 
 
 def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):
