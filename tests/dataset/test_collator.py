@@ -223,3 +223,27 @@ def test_constructor_checks():
         SpeechCollator(plain, n_tokens, mode="speech")
     with pytest.raises(ValueError, match="inference batches are only built in chat mode"):
         SpeechCollator(plain, n_tokens, mode="mixed", inference=True)
+
+
+def test_paper_layout_system_turn_is_never_labelled(tok):
+    from llava.dataset.prompts import PAPER_SYSTEM_PROMPT
+    from llava.dataset.sample import Sample
+
+    s = Sample.from_mapping(_sample(3, 0.5, "the lazy dog", prompt="<audio>\nTranscribe the audio."))
+    batch = SpeechCollator(tok, n_tokens, system_prompt=PAPER_SYSTEM_PROMPT)([s])
+    ids, labels = batch["input_ids"][0].tolist(), batch["labels"][0].tolist()
+    eot = tok.convert_tokens_to_ids("<|eot_id|>")
+    assert [x for x in labels if x != IGNORE_INDEX] == _ids(tok, "the lazy dog") + [eot]
+    prefix = tok.apply_chat_template(
+        [{"role": "system", "content": PAPER_SYSTEM_PROMPT}, {"role": "user", "content": s.prompt}],
+        tokenize=False,
+        add_generation_prompt=True,
+    )
+    # the sequence starts with exactly that rendering, the single <audio> expanded to its run
+    expected = _ids(tok, prefix)
+    audio_id = tok.convert_tokens_to_ids("<audio>")
+    slot = expected.index(audio_id)
+    run = [audio_id] * n_tokens(len(s.audio))
+    assert ids[: len(expected) - 1 + len(run)] == expected[:slot] + run + expected[slot + 1 :]
+    meta = SpeechCollator(tok, n_tokens, inference=True)([s])["meta"][0]
+    assert meta["source_lang"] is None and meta["references"] == ["the lazy dog"]
