@@ -1,5 +1,5 @@
 """Generation throughput (utterances/s) at batch size 1 vs a larger batch, as evaluation runs it:
-`SpeechCollator(inference=True)` (left padding) + `llava.eval.generation.generate_batch`, greedy.
+`SpeechCollator(inference=True)` (left padding) + `llava.inference.generation.generate_batch`, greedy.
 
     python benchmarks/bench_generation.py                        # random tiny model, CPU
     python benchmarks/bench_generation.py --model-path CKPT --device cuda --dtype bfloat16
@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from llava.dataset.collator import SpeechCollator
-from llava.eval.generation import GenerationSettings, generate_batch, resolve_dtype
+from llava.inference.generation import GenerationSettings, generate_batch
+from llava.inference.loading import resolve_dtype
 
 _CORPUS = [
     "the quick brown fox jumps over the lazy dog",

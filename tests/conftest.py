@@ -143,3 +143,19 @@ def tiny_corpus(tmp_path_factory):
     out = tmp_path_factory.mktemp("synth")
     build_corpus(out, size="tiny", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, tiny_base_dirs):
+    """A checkpoint over `tiny_base_dirs` whose (random) projector is scaled up so that the audio
+    changes the generated text (eval, batch inference and chat tests)."""
+    from llava.model import apply_training_mode, build_model, save_trainable
+
+    enc_dir, llm_dir = tiny_base_dirs
+    torch.manual_seed(0)
+    model, _ = build_model(str(enc_dir), str(llm_dir), projector_config=TINY_QFORMER)
+    apply_training_mode(model)
+    with torch.no_grad():
+        for p in model.projector.parameters():
+            p.mul_(5.0)
+    return save_trainable(model, tmp_path_factory.mktemp("ckpt") / "ckpt")

@@ -13,23 +13,25 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from llava.constants import AUDIO_TOKEN
 from llava.dataset.collator import SpeechCollator
+from llava.dataset.sample import Sample
 from llava.eval.diagnostics import AlignmentAccumulator, plot_layerwise
 from llava.fileio import atomic_write_text
-from llava.losses.contrastive import masked_mean_pool, resolve_layers
-
-NO_LENGTH_LIMIT = 1 << 30  # evaluation never truncates
+from llava.inference.prompts import NO_LENGTH_LIMIT
+from llava.losses.contrastive import masked_mean_pool
+from llava.model.layers import resolve_layers
 
 
 @torch.no_grad()
 def alignment_eval(
     model: Any,
     tokenizer: Any,
-    samples_or_dataset: Iterable[dict | None],
+    samples_or_dataset: Iterable[Any],
     layers: str | int | Sequence[int] | None = "all",
     batch_size: int = 8,
     progress: bool = False,
@@ -49,12 +51,14 @@ def alignment_eval(
     was_training = model.training
     model.eval()
     try:
-        chunk: list[dict] = []
+        chunk: list[Sample] = []
+        seen = 0
         bar = tqdm(desc="alignment", unit="utt", disable=not progress)
         for sample in samples_or_dataset:
             if sample is None or not str(sample.get("transcript") or "").strip():
                 continue
-            chunk.append(sample if sample.get("prompt") else dict(sample, prompt=AUDIO_TOKEN))
+            chunk.append(_as_sample(sample, seen))
+            seen += 1
             if len(chunk) == batch_size:
                 _alignment_batch(model, collator, chunk, layer_list, acc)
                 bar.update(len(chunk))
@@ -70,6 +74,22 @@ def alignment_eval(
     return acc.compute()
 
 
+def _as_sample(item: Any, n: int) -> Sample:
+    """A Sample for the collator; a plain record needs only `audio` and `transcript` (the prompt and
+    target are never looked at: both sides are pooled without them)."""
+    if isinstance(item, Sample):
+        return item
+    transcript = str(item["transcript"]).strip()
+    return Sample(
+        id=str(item.get("id") or f"item{n}"),
+        task=str(item.get("task") or "ASR"),
+        audio=np.asarray(item["audio"], dtype=np.float32),
+        prompt=AUDIO_TOKEN,
+        target=transcript,
+        transcript=transcript,
+    )
+
+
 def _alignment_batch(model, collator, samples, layers, acc: AlignmentAccumulator) -> None:
     batch = collator(samples)
     device = model.device
@@ -78,11 +98,11 @@ def _alignment_batch(model, collator, samples, layers, acc: AlignmentAccumulator
         batch["audio_values"].to(device, tower_dtype), batch["audio_lengths"].to(device)
     )  # [B, Q, D], [B, Q]
     speech_mask = audio_mask.long()
-    speech_h = model.llm_hidden_states(embeds, speech_mask, layers)
+    speech_h = model.hidden_states(embeds, speech_mask, layers)
     text_ids = batch["text_input_ids"].to(device)  # [B, Lt]
     text_mask = batch["text_attention_mask"].to(device)  # [B, Lt]
     text_embeds = model.language_model.get_input_embeddings()(text_ids)
-    text_h = model.llm_hidden_states(text_embeds, text_mask, layers)
+    text_h = model.hidden_states(text_embeds, text_mask, layers)
     acc.add(
         {layer: masked_mean_pool(text_h[layer], text_mask) for layer in layers},
         {layer: masked_mean_pool(speech_h[layer], speech_mask) for layer in layers},

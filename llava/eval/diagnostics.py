@@ -29,7 +29,6 @@ __all__ = [
     "TIE_TOLERANCE",
     "AlignmentAccumulator",
     "alignment_metrics",
-    "layerwise_alignment",
     "plot_layerwise",
 ]
 
@@ -105,20 +104,6 @@ def alignment_metrics(text: torch.Tensor, speech: torch.Tensor) -> dict[str, flo
     return out
 
 
-def layerwise_alignment(
-    text_pooled: Mapping[int, torch.Tensor], speech_pooled: Mapping[int, torch.Tensor]
-) -> dict[int, dict[str, float]]:
-    """``alignment_metrics`` for every layer (0 = input embeddings), keyed by layer, ascending."""
-    if set(text_pooled) != set(speech_pooled):
-        raise ValueError(
-            f"text layers {sorted(text_pooled)} and speech layers {sorted(speech_pooled)} differ"
-        )
-    return {
-        int(layer): alignment_metrics(text_pooled[layer], speech_pooled[layer])
-        for layer in sorted(text_pooled)
-    }
-
-
 class AlignmentAccumulator:
     """Collects pooled vectors batch by batch (on CPU, fp32), so no hidden states are kept.
 
@@ -173,18 +158,19 @@ class AlignmentAccumulator:
         self._speech.clear()
 
     def compute(self) -> dict[int, dict[str, float]]:
-        """``layerwise_alignment`` over everything added so far."""
+        """``alignment_metrics`` of every layer over everything added so far, keyed by layer, ascending."""
         if not self._text:
             raise ValueError("AlignmentAccumulator.compute(): nothing was added")
-        text = {layer: torch.cat(xs) for layer, xs in self._text.items()}
-        speech = {layer: torch.cat(xs) for layer, xs in self._speech.items()}
-        return layerwise_alignment(text, speech)
+        return {
+            layer: alignment_metrics(torch.cat(self._text[layer]), torch.cat(self._speech[layer]))
+            for layer in self.layers
+        }
 
 
 def plot_layerwise(results: Mapping[int, Mapping[str, float]], path: str | os.PathLike) -> None:
     """Plot R@1 (both directions) and matched/mismatched cosine with their gap against the layer.
 
-    ``results`` is what ``layerwise_alignment`` returns. The image format follows the suffix of
+    ``results`` is what ``AlignmentAccumulator.compute`` returns. The image format follows the suffix of
     ``path`` (e.g. ``.png``); the file is written atomically.
     """
     # Figure without pyplot uses the Agg canvas and leaves the global backend alone.

@@ -1,9 +1,21 @@
 """Task metrics: WER for ASR, BLEU/chrF (and optionally COMET) for ST, SQuAD EM/F1 for SQA.
 
-All scores are reported in percent (fraction * 100). Every scorer refuses inputs whose prediction
-and reference counts differ: a run never reports on fewer predictions than references.
+Metrics are looked up in `METRICS` by the scorer-family names a task lists in its `metrics`
+(`llava.dataset.tasks.TASKS`): "asr", "st", "sqa". Every family takes the predictions, the references
+of each prediction (a list per item: SQA all gold answers, otherwise the one target) and, when known,
+the source texts. All scores are in percent (fraction * 100). Every scorer refuses inputs whose
+prediction and reference counts differ: a run never reports on fewer predictions than references.
 
-Text normalisation for WER (``normalize_for_wer``):
+Two word error rates, each named for what it is:
+
+``wer_paper``: the paper's WER exactly as the original implementation computes it: jiwer
+  ``ToLowerCase``, ``RemovePunctuation`` (deletes every Unicode punctuation character, category ``P*``,
+  so "don't" -> "dont" and "well-known" -> "wellknown"), ``Strip``, ``RemoveMultipleSpaces``; then the
+  WER of each utterance, and their mean. An utterance whose reference is empty after this scores 0
+  when its hypothesis is empty too and 100 otherwise (counted in ``num_empty_refs``).
+
+``wer_corpus``: total word edits / total reference words over the test set, after our
+  normalisation (``normalize_for_wer``):
   * Unicode NFKC (full-width forms, ligatures), then ``str.lower``.
   * Typographic apostrophes (U+2019, U+2018, U+02BC) become ``'``. An apostrophe between two
     letters or digits is kept (``don't``, ``o'clock`` stay one word); any other apostrophe is
@@ -13,14 +25,9 @@ Text normalisation for WER (``normalize_for_wer``):
     ``well-known`` and ``well known`` score alike. Symbols (category ``S*``: ``$``, ``+``, ``€``)
     are kept.
   * Whitespace is collapsed to single spaces and stripped.
-
-Empty references (after normalisation) in ASR:
-  * corpus WER (``wer``) follows jiwer: total edits / total reference words over all pairs; an
-    empty reference contributes its insertions and no reference words. If every reference is
-    empty, the corpus WER is 0 when no word was inserted and 100 otherwise.
-  * per-utterance mean (``wer_utt_mean``): an utterance with an empty reference scores 0 when its
-    hypothesis is empty too and 100 otherwise; it is kept in the mean, and ``num_empty_refs``
-    reports how many there were.
+  An empty reference contributes its insertions and no reference words; if every reference is
+  empty, the corpus WER is 0 when no word was inserted and 100 otherwise. The edit counts
+  (``substitutions``, ``deletions``, ``insertions``, ``hits``, ``ref_words``) are those of this WER.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import string
 import unicodedata
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import jiwer
@@ -38,15 +46,19 @@ import sacrebleu
 
 __all__ = [
     "DEFAULT_COMET_MODEL",
-    "SCORERS",
+    "METRICS",
+    "Metric",
     "MetricUnavailable",
     "asr_scores",
     "comet_scores",
+    "get_metric",
     "normalize_for_squad",
     "normalize_for_wer",
+    "normalize_paper_wer",
     "score",
     "squad_scores",
     "st_scores",
+    "wer_paper",
 ]
 
 DEFAULT_COMET_MODEL = "Unbabel/wmt22-comet-da"
@@ -95,31 +107,61 @@ def _utterance_errors(alignment: Sequence[jiwer.AlignmentChunk]) -> int:
     return errors
 
 
-def asr_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
-    """Word error rates in percent, after ``normalize_for_wer`` on both sides.
+# The original implementation's normalisation, in its order.
+_PAPER_TRANSFORM = jiwer.Compose(
+    [jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.Strip(), jiwer.RemoveMultipleSpaces()]
+)
 
-    Returns ``wer`` (corpus: total edits / total reference words), ``wer_utt_mean`` (mean of the
-    per-utterance WERs, as the paper reports it), the edit counts ``substitutions``,
-    ``deletions``, ``insertions``, ``hits``, ``ref_words``, and ``num_utterances``,
-    ``num_empty_refs``. See the module docstring for empty references.
+
+def normalize_paper_wer(text: str) -> str:
+    """The paper's WER normalisation: lower-case, delete punctuation, strip, collapse spaces."""
+    return _PAPER_TRANSFORM(text)
+
+
+def _per_utterance_wers(norm_refs: list[str], norm_hyps: list[str]) -> tuple[list[float], int]:
+    """WER of each pair (as fractions) and the number of empty references (0 or 1 for those)."""
+    words = jiwer.ReduceToListOfListOfWords()
+    wers: list[float | None] = [None] * len(norm_refs)
+    scored = []
+    num_empty = 0
+    for i, (r, h) in enumerate(zip(norm_refs, norm_hyps)):
+        if not words(r)[0]:  # jiwer refuses empty references: the rule of the module docstring
+            num_empty += 1
+            wers[i] = 0.0 if not words(h)[0] else 1.0
+        else:
+            scored.append(i)
+    if scored:
+        out = jiwer.process_words([norm_refs[i] for i in scored], [norm_hyps[i] for i in scored])
+        for i, ref_words, alignment in zip(scored, out.references, out.alignments):
+            wers[i] = _utterance_errors(alignment) / len(ref_words)
+    return [float(w) for w in wers], num_empty
+
+
+def wer_paper(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    """The paper's WER in percent: mean over utterances of the WER after `normalize_paper_wer`."""
+    _check_lengths(hyps, refs, "ASR")
+    per_utt, _ = _per_utterance_wers(
+        [normalize_paper_wer(r) for r in refs], [normalize_paper_wer(h) for h in hyps]
+    )
+    return 100.0 * sum(per_utt) / len(per_utt)
+
+
+def asr_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
+    """Both word error rates in percent (see the module docstring) and the corpus WER's edit counts.
+
+    Returns ``wer_paper`` (the paper's: mean of per-utterance WERs, its normalisation),
+    ``wer_corpus`` (total edits / total reference words, our normalisation), the corpus WER's
+    ``substitutions``, ``deletions``, ``insertions``, ``hits``, ``ref_words``, and ``num_utterances``,
+    ``num_empty_refs`` (empty references after the paper's normalisation).
     """
     _check_lengths(hyps, refs, "ASR")
-    norm_hyps = [normalize_for_wer(h) for h in hyps]
-    norm_refs = [normalize_for_wer(r) for r in refs]
-    out = jiwer.process_words(norm_refs, norm_hyps)
-
-    per_utt = []
-    num_empty = 0
-    for ref_words, hyp_words, alignment in zip(out.references, out.hypotheses, out.alignments):
-        if not ref_words:
-            num_empty += 1
-            per_utt.append(0.0 if not hyp_words else 1.0)
-        else:
-            per_utt.append(_utterance_errors(alignment) / len(ref_words))
-
+    per_utt, num_empty = _per_utterance_wers(
+        [normalize_paper_wer(r) for r in refs], [normalize_paper_wer(h) for h in hyps]
+    )
+    out = jiwer.process_words([normalize_for_wer(r) for r in refs], [normalize_for_wer(h) for h in hyps])
     return {
-        "wer": 100.0 * float(out.wer),
-        "wer_utt_mean": 100.0 * sum(per_utt) / len(per_utt),
+        "wer_paper": 100.0 * sum(per_utt) / len(per_utt),
+        "wer_corpus": 100.0 * float(out.wer),
         "substitutions": int(out.substitutions),
         "deletions": int(out.deletions),
         "insertions": int(out.insertions),
@@ -270,16 +312,82 @@ def squad_scores(preds: Sequence[str], golds: Sequence[Sequence[str] | str]) -> 
 
 
 # ------------------------------------------------------------------------------------- registry
-SCORERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "ASR": asr_scores,
-    "ST": st_scores,
-    "SQA": squad_scores,
+@dataclass(frozen=True)
+class Metric:
+    """A scorer family: `score(predictions, references, sources, **options) -> {name: value}`."""
+
+    name: str
+    description: str
+    scorer: Callable[..., dict[str, Any]]
+
+    def score(
+        self,
+        predictions: Sequence[str],
+        references: Sequence[Sequence[str]],
+        sources: Sequence[str | None] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """`references[i]` lists the acceptable outputs of item i (one for ASR/ST, all gold answers for SQA)."""
+        _check_lengths(predictions, references, self.name)
+        return self.scorer(list(predictions), [list(r) for r in references], sources, **options)
+
+
+def _first(references: list[list[str]], what: str) -> list[str]:
+    for i, refs in enumerate(references):
+        if not refs:
+            raise ValueError(f"{what}: item {i} has no reference")
+    return [refs[0] for refs in references]
+
+
+def _asr(preds, references, sources, **options) -> dict[str, Any]:
+    return asr_scores(preds, _first(references, "asr"))
+
+
+def _st(preds, references, sources, comet_model: str | None = None, **options) -> dict[str, Any]:
+    srcs = None
+    if comet_model is not None:
+        srcs = [s or "" for s in sources] if sources is not None else None
+    return st_scores(preds, _first(references, "st"), srcs=srcs, comet_model=comet_model)
+
+
+def _sqa(preds, references, sources, **options) -> dict[str, Any]:
+    return squad_scores(preds, references)
+
+
+# Keyed by the scorer-family names of `llava.dataset.tasks.Task.metrics`.
+METRICS: dict[str, Metric] = {
+    "asr": Metric("asr", "the paper's WER and a corpus WER (see the module docstring)", _asr),
+    "st": Metric("st", "sacreBLEU (13a, cased) and chrF; COMET when a model is given", _st),
+    "sqa": Metric("sqa", "SQuAD v1.1 exact match and F1, max over gold answers", _sqa),
 }
 
 
-def score(task: str, preds: Sequence[str], refs: Sequence[Any], **kwargs: Any) -> dict[str, Any]:
-    """Score ``preds`` against ``refs`` with the task's scorer (extra kwargs go to the scorer)."""
-    if task not in SCORERS:
-        raise ValueError(f"unknown task {task!r}; known tasks: {sorted(SCORERS)}")
-    _check_lengths(preds, refs, task)
-    return SCORERS[task](preds, refs, **kwargs)
+def get_metric(name: str) -> Metric:
+    """The scorer family `name`; raises KeyError listing the known ones."""
+    try:
+        return METRICS[name]
+    except (KeyError, TypeError):
+        raise KeyError(f"unknown metric {name!r}; known metrics: {list(METRICS)}") from None
+
+
+def score(
+    metrics: Sequence[str],
+    predictions: Sequence[str],
+    references: Sequence[Sequence[str]],
+    sources: Sequence[str | None] | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Score with every family in `metrics` (a task's `metrics`); their results merged in one dict.
+
+    `options` go to every family (e.g. `comet_model` for "st"; the others ignore it).
+    """
+    if isinstance(metrics, str):
+        raise TypeError(f"metrics must be a sequence of names, e.g. ({metrics!r},), not a string")
+    families = [get_metric(m) for m in metrics]
+    if not families:
+        raise ValueError(f"no metric to score with; known metrics: {list(METRICS)}")
+    _check_lengths(predictions, references, "+".join(metrics))
+    out: dict[str, Any] = {}
+    for family in families:
+        out.update(family.score(predictions, references, sources, **options))
+    return out

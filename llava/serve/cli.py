@@ -4,9 +4,10 @@
     printf 'Transcribe the audio.\\nTranslate it into German.\\n' | python -m llava.serve.cli --model-path CKPT --audio a.wav
 
 Each line read from stdin is one user message; replies are printed as `ASSISTANT: ...`.
-- The first user message after an audio file is loaded carries the `<audio>` placeholder (appended on
-  its own line unless the message already has one); later turns are text only, with the whole history
-  rendered by the tokenizer's chat template.
+- The first user message after an audio file is loaded carries the `<audio>` placeholder, where the
+  prompt layout puts it (`--prompt-format`, default the paper's: audio first, `<audio>\n{message}`)
+  unless the message already has one; later turns are text only, with the whole history rendered by
+  the tokenizer's chat template after the layout's system turn (`--system-prompt` to change it).
 - `... audio:/path/to/file.wav` at the end of a message loads that file and clears the history; the
   text before it (if any) is the first message about the new file.
 - `<reset>` clears the history (the audio stays loaded).
@@ -28,15 +29,16 @@ import torch
 
 from llava.constants import AUDIO_TOKEN
 from llava.dataset.audio import MISSING, AudioDecodeError, decode_audio
-from llava.dataset.prompts import attach_audio
-from llava.eval.generation import (
-    GenerationSettings,
+from llava.inference.arguments import (
     add_generation_arguments,
     add_model_arguments,
-    generate_batch,
+    add_prompt_arguments,
     load_model_from_args,
+    prompt_options_from_args,
     settings_from_args,
 )
+from llava.inference.generation import GenerationSettings, generate_batch
+from llava.inference.prompts import PromptOptions
 
 __all__ = ["ChatSession", "main"]
 
@@ -53,12 +55,13 @@ class ChatSession:
         model: Any,
         tokenizer: Any,
         settings: GenerationSettings | None = None,
-        system_prompt: str | None = None,
+        prompt: PromptOptions | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or GenerationSettings()
-        self.system_prompt = system_prompt
+        self.prompt = prompt or PromptOptions()
+        self.system_prompt = self.prompt.system_turn()
         self.audio: np.ndarray | None = None  # [S] float32 at the encoder's sampling rate
         self.audio_path: str | None = None
         self.messages: list[dict[str, str]] = []
@@ -97,9 +100,12 @@ class ChatSession:
     def ask(self, text: str) -> str:
         """Add a user message, generate the reply, add it to the history and return it."""
         if self.audio is not None and not self.messages:
-            # The first message carries the audio: where the user put `<audio>`, else on a line after it.
+            # The first message carries the audio: where the user put `<audio>`, else where the layout does.
             head, sep, tail = text.partition(AUDIO_TOKEN)
-            text = attach_audio((head + sep + tail.replace(AUDIO_TOKEN, " ")).strip())
+            if sep:
+                text = (head + sep + tail.replace(AUDIO_TOKEN, " ")).strip()
+            else:
+                text = self.prompt.format.user_turn(text.strip())
         else:
             text = text.replace(AUDIO_TOKEN, " ").strip()  # no second copy of the audio
         self.messages.append({"role": "user", "content": text})
@@ -150,15 +156,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m llava.serve.cli", description="Chat about an audio file.")
     add_model_arguments(p)
     p.add_argument("--audio", default=None, help="audio file to start with (any format soundfile reads)")
-    p.add_argument("--system-prompt", default=None, help="optional system turn")
+    add_prompt_arguments(p)
     add_generation_arguments(p)
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    try:  # bad options fail before the model loads
+        settings, prompt = settings_from_args(args), prompt_options_from_args(args)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     model, tokenizer = load_model_from_args(args)
-    session = ChatSession(model, tokenizer, settings_from_args(args), system_prompt=args.system_prompt)
+    session = ChatSession(model, tokenizer, settings, prompt)
     if args.audio:
         try:
             seconds = session.load_audio(args.audio)

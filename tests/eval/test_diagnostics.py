@@ -7,7 +7,6 @@ import llava.eval.diagnostics as diag
 from llava.eval.diagnostics import (
     AlignmentAccumulator,
     alignment_metrics,
-    layerwise_alignment,
     plot_layerwise,
 )
 
@@ -99,7 +98,7 @@ def test_input_errors():
     with pytest.raises(ValueError, match="NaN"):
         alignment_metrics(torch.full((3, 3), float("nan")), torch.randn(3, 3))
     with pytest.raises(ValueError, match="layers"):
-        layerwise_alignment({0: torch.randn(3, 2)}, {1: torch.randn(3, 2)})
+        AlignmentAccumulator().add({0: torch.randn(3, 2)}, {1: torch.randn(3, 2)})
 
 
 def test_accumulator_equals_one_shot():
@@ -115,7 +114,7 @@ def test_accumulator_equals_one_shot():
     assert len(acc) == 9 and acc.layers == list(layers)
     result = acc.compute()
     assert list(result) == list(layers)
-    assert result == layerwise_alignment(text, speech)
+    assert result == {layer: alignment_metrics(text[layer], speech[layer]) for layer in layers}
 
     with pytest.raises(ValueError, match="earlier batches"):
         acc.add({1: torch.randn(2, 8)}, {1: torch.randn(2, 8)})
@@ -132,6 +131,8 @@ def test_plot_writes_png(tmp_path):
     text = {layer: torch.randn(6, 4) for layer in (0, 1, 2)}
     speech = {layer: text[layer] + 0.5 * layer * torch.randn(6, 4) for layer in (0, 1, 2)}
     path = tmp_path / "plots" / "alignment.png"
-    plot_layerwise(layerwise_alignment(text, speech), path)
+    acc = AlignmentAccumulator()
+    acc.add(text, speech)
+    plot_layerwise(acc.compute(), path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [p.name for p in path.parent.iterdir()] == ["alignment.png"]

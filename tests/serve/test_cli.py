@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from llava.eval.generation import GenerationSettings
+from llava.dataset.prompts import PAPER_SYSTEM_PROMPT
+from llava.inference.generation import GenerationSettings
+from llava.inference.prompts import PromptOptions
 from llava.model import load_pretrained_model
 from llava.serve import cli
-from tests.eval.test_eval import make_checkpoint
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory, tiny_base_dirs):
-    return make_checkpoint(tiny_base_dirs, tmp_path_factory.mktemp("chat") / "ckpt")
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,7 @@ def test_piped_session(ckpt, audio_files, monkeypatch, capsys, tmp_path):
 def test_session_history_and_audio_placement(ckpt, audio_files):
     model, tok = load_pretrained_model(ckpt)
     session = cli.ChatSession(model, tok, GenerationSettings(max_new_tokens=3))
+    assert session.system_prompt == PAPER_SYSTEM_PROMPT  # the paper's layout by default
     assert session.handle("Hello there.", io.StringIO(), io.StringIO())  # no audio: text-only chat
     assert session.messages[0]["content"] == "Hello there."
 
@@ -66,13 +68,33 @@ def test_session_history_and_audio_placement(ckpt, audio_files):
     session.ask("What is said?")
     session.ask("Say it again <audio>")  # a later placeholder is dropped: one audio per history
     users = [m["content"] for m in session.messages if m["role"] == "user"]
-    assert users == ["What is said?\n<audio>", "Say it again"]
+    assert users == ["<audio>\nWhat is said?", "Say it again"]
     assert [m["role"] for m in session.messages] == ["user", "assistant"] * 2
     ids = session._input_ids()
     audio_id = tok.convert_tokens_to_ids("<audio>")
     assert ids.count(audio_id) == model.num_audio_tokens(12000)
+    assert PAPER_SYSTEM_PROMPT in tok.decode(ids)
 
     out = io.StringIO()
     assert session.handle("<reset>", out, io.StringIO()) and session.messages == []
     assert session.audio is not None  # reset keeps the audio
     assert not session.handle("   ", out, io.StringIO())  # empty message quits
+
+    # The other layout: no system turn, the audio after the message; a placed <audio> stays put.
+    first = cli.ChatSession(
+        model, tok, GenerationSettings(max_new_tokens=2), PromptOptions("instruction_first")
+    )
+    first.load_audio(str(audio_files[0]))
+    first.ask("What is said?")
+    assert first.system_prompt is None and first.messages[0]["content"] == "What is said?\n<audio>"
+    first.reset()
+    first.ask("Listen: <audio> what is said?")
+    assert first.messages[0]["content"] == "Listen: <audio> what is said?"
+
+
+def test_bad_prompt_options_fail_before_the_model_loads(ckpt, monkeypatch):
+    monkeypatch.setattr(cli, "load_model_from_args", lambda args: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit, match="--prompt_format 'chat'"):
+        cli.main(["--model-path", str(ckpt), "--prompt-format", "chat"])
+    with pytest.raises(SystemExit, match="--system_prompt nowhere/system.txt: file not found"):
+        cli.main(["--model-path", str(ckpt), "--system-prompt", "nowhere/system.txt"])
