@@ -18,7 +18,7 @@ import torch
 from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 from llava.model import apply_training_mode, build_model
 from llava.train.arguments import DataArguments, LossArguments
-from llava.train.objectives import compute_objective, objective_from_args
+from llava.train.objectives import build_objective
 
 VARIANTS = {
     "asr (nwp)": {},
@@ -91,14 +91,15 @@ def main() -> None:
     print(f"device {device}, batch {args.batch}, LLM layers {args.llm_layers}, {args.steps} timed steps")
     base = None
     for name, flags in VARIANTS.items():
-        objective = objective_from_args(LossArguments(**flags), DataArguments(), model.num_llm_layers)
-        rng = random.Random(0)
+        objective = build_objective(LossArguments(**flags), DataArguments(), model.num_llm_layers)
+        random.seed(0)  # position-shift offsets
         for step in range(args.steps + 3):  # 3 warm-up steps
             if step == 3:
                 if device == "cuda":
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-            loss, _ = compute_objective(model, batch, objective, rng)
+            terms = objective(model, batch)
+            loss = sum(objective.weights[k] * v for k, v in terms.items())
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

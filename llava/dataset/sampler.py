@@ -7,21 +7,20 @@ rank builds the same batch list and takes every `num_replicas`-th batch: the ran
 and the same number of batches (when the count does not divide, the largest batches are split in two;
 with `drop_last` the leftover batches are dropped instead).
 
-Resuming mid-epoch: `set_start_batch(k)` (or `load_state_dict`) makes the next iteration yield exactly
-the batches that follow the first k of this rank's uninterrupted order. The trainer should derive k
-from its own optimisation-step counter: a DataLoader prefetches, so the sampler runs ahead of training.
+`min_batch_size` (2 for a contrastive objective, which has no negatives in a one-item batch): a batch
+smaller than that is merged into its neighbour in duration order, so no batch is ever that small,
+whatever the dataset size, the caps or an item longer than `max_batch_seconds`.
+
+Resuming mid-epoch needs nothing here: the order depends only on (seed, epoch), so the Trainer's
+resume (skip the first k batches of the epoch) lands on exactly the same data.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Sequence
-from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
-
-logger = logging.getLogger(__name__)
 
 
 class DurationBatchSampler(Sampler[list[int]]):
@@ -38,6 +37,7 @@ class DurationBatchSampler(Sampler[list[int]]):
         shuffle: bool = True,
         drop_last: bool = False,
         pool_batches: int = 100,
+        min_batch_size: int = 1,
     ):
         """
         Args:
@@ -52,6 +52,8 @@ class DurationBatchSampler(Sampler[list[int]]):
                 divide among the ranks (instead of splitting batches).
             pool_batches: how many batches' worth of items are sorted together; larger pools mean less
                 padding but batches that repeat more across epochs.
+            min_batch_size: no batch has fewer items: a smaller one is merged into a neighbour
+                (exceeding the caps by that much). Fewer items than this in all is an error.
         """
         self.durations = np.asarray(durations, dtype=np.float64)
         if self.durations.ndim != 1:
@@ -66,6 +68,13 @@ class DurationBatchSampler(Sampler[list[int]]):
             raise ValueError(f"rank {rank} is outside [0, {num_replicas})")
         if len(self.durations) < num_replicas and not drop_last:
             raise ValueError(f"{len(self.durations)} items cannot be spread over {num_replicas} ranks")
+        if min_batch_size < 1:
+            raise ValueError(f"min_batch_size must be positive, got {min_batch_size}")
+        if 0 < len(self.durations) < min_batch_size * num_replicas:
+            raise ValueError(
+                f"{len(self.durations)} items cannot give each of {num_replicas} rank(s) a batch of at least "
+                f"{min_batch_size} (the contrastive loss needs 2 pairs per batch)"
+            )
         self.max_batch_seconds = max_batch_seconds
         self.batch_size = batch_size
         self.num_replicas = num_replicas
@@ -74,9 +83,8 @@ class DurationBatchSampler(Sampler[list[int]]):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.pool_batches = pool_batches
+        self.min_batch_size = min_batch_size
         self.epoch = 0
-        self.start_batch = 0
-        self._position = 0  # batches handed out in the current epoch (resume point + yielded)
         self._cache: tuple[int, list[list[int]]] | None = None
 
     # ------------------------------------------------------------------------- batch construction
@@ -107,7 +115,19 @@ class DurationBatchSampler(Sampler[list[int]]):
             cur_max = longest
         if cur and not (self.drop_last and cap_n is not None and len(cur) < cap_n):
             batches.append(cur)
-        return batches
+        return self._merge_small(batches)
+
+    def _merge_small(self, batches: list[list[int]]) -> list[list[int]]:
+        """Merge every batch below min_batch_size into a neighbour (the previous one in duration
+        order when there is one, so durations stay close); keeps every index once."""
+        k = self.min_batch_size
+        out: list[list[int]] = []
+        for batch in batches:
+            if out and (len(batch) < k or len(out[-1]) < k):
+                out[-1] = out[-1] + batch
+            else:
+                out.append(list(batch))
+        return out
 
     def _all_batches(self, epoch: int) -> list[list[int]]:
         """The epoch's batches over all ranks, before the per-rank split."""
@@ -136,18 +156,22 @@ class DurationBatchSampler(Sampler[list[int]]):
             if self.drop_last:
                 batches = batches[: len(batches) - len(batches) % r]
             else:
-                batches = self._split_to_multiple(batches, r)
+                batches = self._split_to_multiple(batches, r, self.min_batch_size)
         return batches
 
     @staticmethod
-    def _split_to_multiple(batches: list[list[int]], r: int) -> list[list[int]]:
-        """Split the largest batches in two until the count divides by r (keeps every index once)."""
+    def _split_to_multiple(batches: list[list[int]], r: int, min_size: int = 1) -> list[list[int]]:
+        """Split the largest batches in two until the count divides by r (keeps every index once;
+        neither half smaller than min_size)."""
         batches = list(batches)
         while len(batches) % r:
             j = max(range(len(batches)), key=lambda b: len(batches[b]))
             big = batches[j]
-            if len(big) < 2:
-                raise ValueError(f"{sum(map(len, batches))} items cannot give every one of {r} ranks a batch")
+            if len(big) < 2 * min_size:
+                raise ValueError(
+                    f"{sum(map(len, batches))} items cannot give every one of {r} ranks a batch of at least "
+                    f"{min_size}"
+                )
             half = (len(big) + 1) // 2
             batches[j : j + 1] = [big[:half], big[half:]]
         return batches
@@ -161,40 +185,15 @@ class DurationBatchSampler(Sampler[list[int]]):
 
     # ------------------------------------------------------------------------- sampler protocol
     def __iter__(self) -> Iterator[list[int]]:
-        batches = self.rank_batches()
-        self._position = self.start_batch
-        for batch in batches[self.start_batch :]:
-            self._position += 1
+        for batch in self.rank_batches():
             yield list(batch)
-        # A finished epoch does not resume again; the next iteration starts from the first batch.
-        self.start_batch = self._position = 0
 
     def __len__(self) -> int:
-        """Batches the next iteration yields on this rank (the epoch's count minus the resume point)."""
-        return max(0, len(self.rank_batches()) - self.start_batch)
+        """Batches one epoch yields on this rank."""
+        return len(self.rank_batches())
 
     def set_epoch(self, epoch: int) -> None:
-        if int(epoch) != self.epoch:
-            self.start_batch = self._position = 0
         self.epoch = int(epoch)
-
-    def set_start_batch(self, k: int) -> None:
-        """Skip this rank's first k batches of the current epoch on the next iteration."""
-        if k < 0:
-            raise ValueError(f"start batch must be non-negative, got {k}")
-        self.start_batch = int(k)
-
-    def state_dict(self) -> dict[str, Any]:
-        """Epoch and batches handed out so far (an upper bound on trained batches: loaders prefetch)."""
-        return {"epoch": self.epoch, "start_batch": max(self._position, self.start_batch), "seed": self.seed}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("seed", self.seed) != self.seed:
-            logger.warning(
-                "resuming with seed %s, the state was saved with seed %s", self.seed, state["seed"]
-            )
-        self.epoch = int(state["epoch"])
-        self.start_batch = int(state.get("start_batch", 0))
 
 
 def padding_fraction(batches: Sequence[Sequence[int]], durations: Sequence[float] | np.ndarray) -> float:

@@ -30,8 +30,9 @@ import torch
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.dataset import SpeechDataset
 from llava.eval.alignment import alignment_eval, write_alignment
-from llava.losses.contrastive import layerwise_contrastive_loss, masked_mean_pool, resolve_layers
+from llava.losses.contrastive import layerwise_contrastive_loss, masked_mean_pool
 from llava.model import load_pretrained_model
+from llava.model.layers import resolve_layers
 
 
 def alignment_of_checkpoint(

@@ -1,10 +1,7 @@
 """Layer-wise speech/text contrastive loss (InfoNCE on mean-pooled LLM hidden states).
 
-The trainer runs the LLM passes and hands the hidden states over; everything here is a pure tensor
-function. Layer indices follow Hugging Face's `output_hidden_states=True`: a model with N decoder
-layers returns N + 1 hidden states, `hidden_states[0]` is the input embeddings (layer 0, no LLM pass
-needed) and `hidden_states[N]` ("last") is the output of the final decoder layer *after* the model's
-final norm (in Llama the norm is applied before the last hidden state is recorded).
+The objectives run the LLM passes and hand the hidden states over; everything here is a pure tensor
+function. Layer indices are those of `llava.model.layers` (0 = input embeddings, N = last).
 
 Gradient flow is the caller's job: the paper runs the text side through the frozen LLM under
 `torch.no_grad()`, so only the speech side (the projector outputs) receives gradient. The functions
@@ -14,7 +11,7 @@ here neither detach nor require anything.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -25,89 +22,30 @@ from llava.losses.distributed import gather_with_grad
 Temperature = float | torch.Tensor
 
 
-# ----------------------------------------------------------------------------------------- layers
-def all_layers(num_hidden_layers: int) -> list[int]:
-    """The layer set "all" for a model with `num_hidden_layers` decoder layers.
-
-    Rule: step = max(1, round_half_up(5 * N / 32)); layers = {k * step for k = 0..5 with
-    k * step < N} ∪ {N}, sorted. For N = 32 this is exactly the paper's {0, 5, 10, 15, 20, 25, 32}:
-    the input embeddings, five more layers at a stride of 5/32 of the depth, and the last layer.
-    Examples: N=2 -> [0, 1, 2]; N=4 -> [0, 1, 2, 3, 4]; N=12 -> [0, 2, 4, 6, 8, 10, 12];
-    N=80 -> [0, 13, 26, 39, 52, 65, 80].
-    """
-    if num_hidden_layers < 1:
-        raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
-    step = max(1, math.floor(5 * num_hidden_layers / 32 + 0.5))
-    layers = {k * step for k in range(6) if k * step < num_hidden_layers}
-    layers.add(num_hidden_layers)
-    return sorted(layers)
-
-
-def _check_layer(layer: int, num_hidden_layers: int) -> int:
-    if isinstance(layer, bool) or not isinstance(layer, int):
-        raise ValueError(f"layer index must be an int, got {layer!r}")
-    if layer < 0 or layer > num_hidden_layers:
-        raise ValueError(
-            f"layer {layer} is out of range for a model with {num_hidden_layers} hidden layers "
-            f"(valid: 0..{num_hidden_layers}; 0 = input embeddings, {num_hidden_layers} = last)"
-        )
-    return layer
-
-
-def _parse_layer_token(token: str, num_hidden_layers: int) -> int:
-    token = token.strip().lower()
-    if token == "last":
-        return num_hidden_layers
-    try:
-        value = int(token)
-    except ValueError:
-        raise ValueError(
-            f"unknown contrastive layer spec {token!r}: expected an integer, 'last', 'all' "
-            "or a comma-separated list such as '0,5,10'"
-        ) from None
-    return _check_layer(value, num_hidden_layers)
-
-
-def resolve_layers(spec: str | int | Sequence[int], num_hidden_layers: int) -> list[int]:
-    """Turn a layer specification into a sorted list of distinct hidden-state indices.
-
-    `spec` is a single index (0 = input embeddings), "last" (= `num_hidden_layers`, i.e.
-    `hidden_states[num_hidden_layers]`, after the final norm), "all" (see `all_layers`), a
-    comma-separated string ("0,5,last") or a sequence of ints.
-
-    Raises:
-        ValueError: on an index below 0 or above `num_hidden_layers` (naming both), an unknown
-            string, or an empty spec.
-    """
-    if num_hidden_layers < 1:
-        raise ValueError(f"num_hidden_layers must be >= 1, got {num_hidden_layers}")
-    if isinstance(spec, str):
-        text = spec.strip().lower()
-        if text == "all":
-            return all_layers(num_hidden_layers)
-        tokens = [t for t in text.split(",") if t.strip()]
-        if not tokens:
-            raise ValueError(f"empty contrastive layer spec {spec!r}")
-        layers = [_parse_layer_token(t, num_hidden_layers) for t in tokens]
-    elif isinstance(spec, int) and not isinstance(spec, bool):
-        layers = [_check_layer(spec, num_hidden_layers)]
-    elif isinstance(spec, Sequence):
-        if len(spec) == 0:
-            raise ValueError("empty contrastive layer list")
-        layers = [_check_layer(k, num_hidden_layers) for k in spec]
-    else:
-        raise ValueError(f"unsupported contrastive layer spec {spec!r}")
-    return sorted(set(layers))
-
-
 # ---------------------------------------------------------------------------------------- pooling
+def check_rows_nonempty(counts: torch.Tensor, what: str) -> None:
+    """Fail when a row has no valid position (counts [B]), without a host sync on accelerators.
+
+    On the CPU the check is free and raises a ValueError naming the rows. On an accelerator, reading
+    the counts back would stall the step, so the check is queued as a device-side assertion: it still
+    stops the run, with a less precise message. Upstream, the collator never yields empty rows.
+    """
+    if counts.device.type == "cpu":
+        empty = (counts == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"{what} rows {empty} have no valid (unpadded) position")
+    else:
+        torch._assert_async((counts > 0).all(), f"{what}: a row has no valid (unpadded) position")
+
+
 def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over the valid positions of each row: hidden [B, T, D], mask [B, T] -> [B, D] fp32.
 
     Padded positions are excluded with `where`, so their values (even inf/NaN) never matter.
 
     Raises:
-        ValueError: on mismatched shapes or a row without any valid position.
+        ValueError: on mismatched shapes or (CPU tensors) a row without any valid position; see
+            `check_rows_nonempty` for accelerator tensors.
     """
     if hidden.dim() != 3 or mask.shape != hidden.shape[:2]:
         raise ValueError(
@@ -115,9 +53,7 @@ def masked_mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         )
     valid = mask.bool()
     counts = valid.sum(dim=1)  # [B]
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"masked_mean_pool: rows {empty} have no valid (unpadded) position")
+    check_rows_nonempty(counts, "masked_mean_pool")
     summed = torch.where(valid.unsqueeze(-1), hidden.float(), 0.0).sum(dim=1)  # [B, D] fp32
     return summed / counts.unsqueeze(-1).to(summed.dtype)
 
@@ -229,7 +165,7 @@ def layerwise_contrastive_loss(
 
     Returns:
         (total, per_layer) where total is the weighted sum and per_layer maps each layer to its
-        unweighted loss, detached (for logging).
+        unweighted loss (with its gradient, so a caller can weigh or inspect each term itself).
     """
     layers = sorted(text_hidden)
     if not layers:
@@ -258,7 +194,7 @@ def layerwise_contrastive_loss(
     per_layer: dict[int, torch.Tensor] = {}
     for i, k in enumerate(layers):
         loss = _info_nce_global(text[:, i], speech[:, i], temperature, symmetric)
-        per_layer[k] = loss.detach()
+        per_layer[k] = loss
         total = total + weights.get(k, 1.0) * loss
     return total, per_layer
 
@@ -290,26 +226,6 @@ def mixed_embedding_contrastive_loss(
 
 
 # ------------------------------------------------------------------------------- position shift
-def position_shift_ids(
-    batch_size: int,
-    seq_len: int,
-    max_shift: int = 400,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Position ids shifted by one random offset drawn uniformly from [0, max_shift).
-
-    Returns (position_ids [B, L] long = offset + arange(L) on every row, offset). Draw the offset
-    once per step and use it for both the text and the speech pass (`shifted_position_ids` builds
-    padding-aware ids from a mask and that offset). `max_shift=0` disables the shift (offset 0).
-    """
-    if max_shift < 0:
-        raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-    offset = 0 if max_shift == 0 else int(torch.randint(0, max_shift, (), generator=generator).item())
-    ids = torch.arange(seq_len, device=device, dtype=torch.long) + offset
-    return ids.unsqueeze(0).expand(batch_size, seq_len).contiguous(), offset
-
-
 def shifted_position_ids(mask: torch.Tensor, offset: int) -> torch.Tensor:
     """Position ids that count real tokens only, starting at `offset`: mask [B, L] -> [B, L] long.
 

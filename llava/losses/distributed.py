@@ -20,17 +20,25 @@ import torch
 import torch.distributed as dist
 
 
-def is_distributed(group: dist.ProcessGroup | None = None) -> bool:
-    """True when torch.distributed is initialised with more than one rank in `group`."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+def data_parallel_world(group: dist.ProcessGroup | None = None) -> tuple[int, int]:
+    """(world size, rank) of the data-parallel processes actually running (1, 0 without a group).
+
+    Taken from torch.distributed rather than TrainingArguments: with DeepSpeed on CPU the arguments
+    report a single process while the engine averages gradients over all of them.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size(group), dist.get_rank(group)
+    return 1, 0
 
 
 def _gather_sizes(n: int, device: torch.device, group: dist.ProcessGroup | None) -> list[int]:
+    # One host sync per gather (only with --contrastive_gather on several ranks): all_gather needs
+    # every rank's batch size to pad and to cut the result.
     world = dist.get_world_size(group)
     local = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(local) for _ in range(world)]
     dist.all_gather(sizes, local, group=group)
-    return [int(s.item()) for s in sizes]
+    return torch.cat(sizes).tolist()
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -64,8 +72,8 @@ def gather_with_grad(x: torch.Tensor, group: dist.ProcessGroup | None = None) ->
         (global [sum_r b_r, ...], offset) where `offset` is the row of this rank's first element in
         the global tensor (rank * b with equal local batches).
     """
-    if not is_distributed(group):
+    world, rank = data_parallel_world(group)
+    if world == 1:
         return x, 0
-    rank = dist.get_rank(group)
     sizes = _gather_sizes(x.shape[0], x.device, group)
     return _AllGatherWithGrad.apply(x, sizes, rank, group), sum(sizes[:rank])

@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from llava.losses.contrastive import check_rows_nonempty
+
 _MISSING = (
     "the Wasserstein contrastive loss needs the optional package geomloss: "
     "pip install speech-llava[wasserstein]"
@@ -53,9 +55,7 @@ def _token_set(hidden: torch.Tensor, mask: torch.Tensor, side: str) -> tuple[tor
         )
     valid = mask.bool()
     counts = valid.sum(dim=1)  # [B]
-    empty = (counts == 0).nonzero().flatten().tolist()
-    if empty:
-        raise ValueError(f"{side} rows {empty} have no valid (unpadded) token")
+    check_rows_nonempty(counts, side)
     points = torch.where(valid.unsqueeze(-1), F.normalize(hidden.float(), dim=-1), 0.0)
     weights = valid.float() / counts.unsqueeze(-1).float()
     return points, weights

@@ -7,12 +7,15 @@ projector outputs by `masked_scatter`, and a count mismatch is an error rather t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from llava.constants import IGNORE_INDEX
 from llava.model.configuration import SpeechLlavaConfig
 from llava.model.encoders import AudioEncoder
 from llava.model.projectors import build_projector
@@ -99,45 +102,107 @@ class SpeechLlavaForCausalLM(nn.Module):
         self, input_ids: torch.Tensor, audio_embeds: torch.Tensor | None, audio_mask: torch.Tensor | None
     ) -> torch.Tensor:
         """Token embeddings of input_ids [B, L] with the audio-token runs replaced, in order, by the
-        valid rows of audio_embeds [N, Q, Dl] (audio_mask [N, Q]) -> [B, L, Dl]."""
+        valid rows of audio_embeds [N, Q, Dl] (audio_mask [N, Q]) -> [B, L, Dl].
+
+        The placeholder count is checked against the projector's valid outputs: a mismatch would shift
+        every later audio segment silently, so it is an error. That check is the one host sync here
+        (a device-side assert would give no message and poison a CUDA context); the splice itself is
+        sync-free (no boolean indexing).
+        """
         slots = input_ids == self.config.audio_token_id  # [B, L]
         # The placeholder id may lie outside the LLM's vocabulary (no resize); embed a safe id instead.
         embeds = self.language_model.get_input_embeddings()(input_ids.masked_fill(slots, 0))
-        n_slots = int(slots.sum())
-        if audio_embeds is None:
+        if audio_embeds is None or audio_embeds.shape[0] == 0:
+            n_slots = int(slots.sum())
             if n_slots:
                 raise ValueError(f"input_ids hold {n_slots} audio placeholder tokens but no audio was given")
             return embeds
-        flat = audio_embeds[audio_mask]  # [total valid outputs, Dl], segments in order
-        if flat.shape[0] != n_slots:
+        n_slots, n_valid = torch.stack([slots.sum(), audio_mask.sum()]).tolist()
+        if n_slots != n_valid:
             raise ValueError(
                 f"audio placeholder count mismatch: input_ids hold {n_slots} audio tokens but the projector "
-                f"produced {flat.shape[0]} outputs for {audio_embeds.shape[0]} segments (the collator must expand "
+                f"produced {n_valid} outputs for {audio_embeds.shape[0]} segments (the collator must expand "
                 "<audio> with model.num_audio_tokens)"
             )
+        # Valid rows first, segments in order (stable sort): masked_scatter consumes them in order.
+        order = torch.argsort((~audio_mask.reshape(-1)).to(torch.uint8), stable=True)  # [N * Q]
+        flat = audio_embeds.reshape(-1, audio_embeds.shape[-1]).index_select(0, order)  # [N * Q, Dl]
         return embeds.masked_scatter(slots[..., None], flat.to(embeds.dtype))
 
-    def llm_hidden_states(
+    def hidden_states(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
-        layers: list[int],
+        layers: Sequence[int],
         position_ids: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
-        """Hidden states [B, L, Dl] of the LLM at `layers` (0 = the input embeddings, which need no
-        LLM pass). Runs the decoder stack without the LM head."""
+        """Hidden states [B, L, Dl] of the LLM at `layers` (indices 0..N as in `llava.model.layers`).
+
+        Layer 0 is the input embeddings and needs no LLM pass. The decoder stops after the deepest
+        layer asked for (its final norm runs only when the last layer N is asked for, as with
+        `output_hidden_states=True`); the LM head never runs.
+        """
+        n = self.num_llm_layers
+        bad = [k for k in layers if not 0 <= k <= n]
+        if bad or not layers:
+            raise ValueError(f"hidden_states: layers {list(layers)} must be non-empty and within 0..{n}")
         out = {0: inputs_embeds} if 0 in layers else {}
-        if any(layer > 0 for layer in layers):
-            decoder = self.language_model.get_decoder()
-            hidden = decoder(
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                output_hidden_states=True,
-                use_cache=False,
-            ).hidden_states
-            out.update({layer: hidden[layer] for layer in layers if layer > 0})
-        return out
+        deepest = max(layers)
+        if deepest == 0:
+            return out
+        decoder = self.language_model.get_decoder()
+        kwargs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+        blocks, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
+        if not isinstance(blocks, nn.ModuleList) or not isinstance(norm, nn.Module):
+            # A decoder without the usual `layers` + `norm` members: one full pass, correct but slower.
+            hidden = decoder(**kwargs, output_hidden_states=True, use_cache=False).hidden_states
+            return {**out, **{k: hidden[k] for k in layers if k > 0}}
+        # Layer k's output (k < N) is what `output_hidden_states` reports as hidden_states[k]; only
+        # the last one is normed. Keep the outputs of the layers asked for, run no layer past the
+        # deepest, and skip the final norm unless layer N itself is wanted.
+        captured: dict[int, torch.Tensor] = {}
+        hooks = [
+            blocks[k - 1].register_forward_hook(partial(_keep_output, captured, k))
+            for k in layers
+            if 0 < k < n
+        ]
+        try:
+            if deepest < n:
+                decoder.layers, decoder.norm = nn.ModuleList(blocks[:deepest]), nn.Identity()
+            last = decoder(**kwargs, use_cache=False).last_hidden_state  # [B, L, Dl]
+        finally:
+            decoder.layers, decoder.norm = blocks, norm
+            for hook in hooks:
+                hook.remove()
+        if n in layers:
+            captured[n] = last
+        return {**out, **{k: captured[k] for k in layers if k > 0}}
+
+    def labelled_logits(
+        self, hidden: torch.Tensor, labels: torch.Tensor, num_labelled: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LM-head logits [N, V] at the positions that predict a labelled token, and those tokens [N].
+
+        hidden [B, L, Dl] is the LLM's last hidden state, labels [B, L] hold IGNORE_INDEX outside the
+        target; position t predicts labels[:, t + 1]. Only those N rows go through the LM head (with a
+        128k vocabulary, full-sequence logits would dwarf the rest of the step's memory).
+        `num_labelled`, when the caller knows it on the host (e.g. counted by the data loader),
+        saves the host sync that selecting a data-dependent number of rows otherwise needs.
+        """
+        targets = labels[:, 1:].reshape(-1)  # [B * (L-1)]
+        picked = targets != IGNORE_INDEX
+        if num_labelled is None:
+            num_labelled = int(picked.sum())
+        if num_labelled == 0:
+            raise ValueError("no labelled token in the batch: check the collator's labels")
+        # Labelled positions first, in order (stable sort), without boolean indexing.
+        index = torch.argsort((~picked).to(torch.uint8), stable=True)[:num_labelled]  # [N]
+        rows = hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, index)  # [N, Dl]
+        logits = self.language_model.get_output_embeddings()(rows)  # [N, V]
+        cap = getattr(self.language_model.config, "final_logit_softcapping", None)
+        if cap:  # Gemma-2-style models squash their logits; match their own forward
+            logits = cap * torch.tanh(logits / cap)
+        return logits, targets.index_select(0, index)
 
     # ----------------------------------------------------------------------------- forward / generate
     def forward(
@@ -176,15 +241,32 @@ class SpeechLlavaForCausalLM(nn.Module):
         )
 
     # ----------------------------------------------------------------------------- trainer hooks
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Checkpoint the LLM (and a trainable encoder); the projector is small and left as is."""
-        kwargs = gradient_checkpointing_kwargs or {"use_reentrant": False}
-        self.language_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        if not self.audio_tower.frozen and hasattr(self.audio_tower.model, "gradient_checkpointing_enable"):
-            self.audio_tower.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    def activation_checkpointing_enable(
+        self,
+        activation_checkpointing_kwargs: dict | None = None,
+        every_n_layers: int = 1,
+        offload: bool = False,
+    ) -> None:
+        """Checkpoint the LLM (and a trainable encoder); the projector is small and left as is.
+
+        The Trainer's `--gradient_checkpointing` / `--activation_checkpointing` call this."""
+        kwargs = activation_checkpointing_kwargs or {"use_reentrant": False}
+        self.language_model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers, offload=offload
+        )
+        encoder = self.audio_tower.model
+        if not self.audio_tower.frozen and hasattr(encoder, "activation_checkpointing_enable"):
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         # Frozen input embeddings give outputs without grad; checkpointed blocks then see no input
         # requiring grad. The spliced projector outputs do require grad, so nothing else is needed.
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Only the parameters that train (projector, LoRA weights): what a checkpoint holds."""
         return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+
+def _keep_output(
+    store: dict[int, torch.Tensor], layer: int, module: nn.Module, args: Any, output: Any
+) -> None:
+    # Decoder layers return the hidden state, or a tuple starting with it (older transformers).
+    store[layer] = output[0] if isinstance(output, tuple) else output

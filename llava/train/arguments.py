@@ -166,6 +166,9 @@ class LossArguments:
     learnable_temperature: bool = False
     # Beyond the paper: per-layer weights "layer:weight,..." (missing layers weigh 1).
     contrastive_layer_weights: str | None = None
+    # Contrastive + mixed: the text side is [BOS] + transcript + end-of-turn token, as in the original
+    # (False: the transcript alone).
+    mixed_contrastive_special_tokens: bool = True
     # Weights of the two terms when combined.
     nwp_loss_weight: float = 1.0
     contrastive_loss_weight: float = 1.0

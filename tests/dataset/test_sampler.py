@@ -74,32 +74,61 @@ def test_epochs_deterministic_and_different(durations):
     assert list(s) == e0
 
 
-@pytest.mark.parametrize("k", [0, 1, 17, 31])
-def test_resume_equals_tail_of_uninterrupted(durations, k):
-    for rank in range(2):
-        kw = dict(max_batch_seconds=50.0, num_replicas=2, rank=rank, seed=4)
-        full = DurationBatchSampler(durations, **kw)
-        full.set_epoch(2)
-        uninterrupted = list(full)
-        resumed = DurationBatchSampler(durations, **kw)
-        resumed.set_epoch(2)
-        resumed.set_start_batch(k)
-        assert len(resumed) == len(uninterrupted) - k
-        assert list(resumed) == uninterrupted[k:]
-        assert list(resumed) == uninterrupted  # a finished epoch does not resume twice
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(batch_size=8),  # 17 = 1 mod 8: the last cut would hold one item
+        dict(max_batch_seconds=30.0),  # items longer than 30 s would sit alone
+        dict(batch_size=4, max_batch_seconds=20.0),
+        dict(batch_size=8, num_replicas=2, rank=0),
+        dict(batch_size=8, num_replicas=2, rank=1),
+        dict(batch_size=8, shuffle=False),
+    ],
+)
+def test_min_batch_size_never_emits_a_one_item_batch(kw):
+    d = np.random.default_rng(3).uniform(1.0, 40.0, size=17)
+    rank, world = kw.get("rank", 0), kw.get("num_replicas", 1)
+    seen: list[int] = []
+    for epoch in range(3):
+        sampler = DurationBatchSampler(d, seed=5, min_batch_size=2, **kw)
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+        assert batches and min(map(len, batches)) >= 2
+        if epoch == 0:
+            seen = [i for b in batches for i in b]
+    if world == 1:
+        assert sorted(seen) == list(range(17))  # merged, not dropped
+    else:
+        other = DurationBatchSampler(d, seed=5, min_batch_size=2, **{**kw, "rank": 1 - rank})
+        assert sorted(seen + [i for b in other for i in b]) == list(range(17))
 
 
-def test_state_dict_roundtrip(durations):
-    s = DurationBatchSampler(durations, batch_size=8, seed=2)
-    s.set_epoch(3)
-    it = iter(s)
-    consumed = [next(it) for _ in range(5)]
-    state = s.state_dict()
-    assert state == {"epoch": 3, "start_batch": 5, "seed": 2}
-    rest = list(it)
-    fresh = DurationBatchSampler(durations, batch_size=8, seed=2)
-    fresh.load_state_dict(state)
-    assert list(fresh) == rest and consumed + rest == fresh.rank_batches(3)
+def test_without_min_batch_size_one_item_batches_occur():
+    # The failure the option fixes: 17 = 1 mod 8, and an item over the seconds cap sits alone.
+    assert [len(b) for b in DurationBatchSampler(np.ones(17), batch_size=8, shuffle=False)] == [8, 8, 1]
+    assert [
+        len(b) for b in DurationBatchSampler([1.0, 1.0, 50.0], max_batch_seconds=10.0, shuffle=False)
+    ] == [
+        2,
+        1,
+    ]
+
+
+def test_min_batch_size_merges_an_overlong_item_with_its_neighbour():
+    d = np.array([1.0, 50.0, 2.0, 3.0])
+    batches = list(DurationBatchSampler(d, max_batch_seconds=10.0, shuffle=False, min_batch_size=2))
+    assert batches == [[0, 2, 3, 1]]  # the 50 s item joins the batch before it in duration order
+    d = np.array([1.0, 1.0, 1.0, 1.0, 1.0])
+    assert list(DurationBatchSampler(d, batch_size=2, shuffle=False, min_batch_size=2)) == [[0, 1], [2, 3, 4]]
+
+
+def test_min_batch_size_errors():
+    with pytest.raises(ValueError, match="at least 2"):
+        DurationBatchSampler([1.0], batch_size=4, min_batch_size=2)
+    with pytest.raises(ValueError, match="at least 2"):
+        DurationBatchSampler([1.0, 2.0, 3.0], batch_size=4, num_replicas=2, min_batch_size=2)
+    with pytest.raises(ValueError, match="min_batch_size"):
+        DurationBatchSampler([1.0, 2.0], batch_size=4, min_batch_size=0)
 
 
 def test_no_shuffle_sorted_and_long_items(durations):

@@ -1,0 +1,43 @@
+"""Test helpers shared across test modules (plain functions; fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def speech_batch(
+    model, tokenizer, lengths: list[int], texts: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """A chat-like training batch: prompt + a run of audio tokens (+ " ok") per utterance, right
+    padded, one audio segment of `lengths[i]` random samples per row; labels on the text after the
+    audio. With `texts`, also the transcript side (text_input_ids / text_attention_mask)."""
+    audio_id = model.config.audio_token_id
+    rows = []
+    for n in lengths:
+        k = model.num_audio_tokens(int(n))
+        rows.append(tokenizer("say:")["input_ids"] + [audio_id] * k + tokenizer(" ok")["input_ids"])
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    audio = torch.zeros(len(lengths), max(lengths))
+    for i, n in enumerate(lengths):
+        audio[i, :n] = torch.randn(n) * 0.1
+    labels = ids.masked_fill(mask == 0, -100).masked_fill(ids == audio_id, -100)
+    batch = dict(
+        input_ids=ids,
+        attention_mask=mask,
+        labels=labels,
+        audio_values=audio,
+        audio_lengths=torch.tensor(lengths),
+    )
+    if texts is not None:
+        text_ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, text_ids))
+        batch["text_input_ids"] = torch.tensor(
+            [r + [tokenizer.pad_token_id] * (width - len(r)) for r in text_ids]
+        )
+        batch["text_attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in text_ids])
+    return batch
