@@ -74,6 +74,7 @@ class SpeechCollator:
         on_overflow: str = "drop",
         eot_token: str | None = None,
         pad_to_multiple_of: int | None = None,
+        transcript_special_tokens: bool = False,
     ):
         """
         Args:
@@ -91,6 +92,8 @@ class SpeechCollator:
             eot_token: the end-of-turn token; default `llava.tokenization.end_of_turn_token` (the first
                 of END_OF_TURN_TOKENS in the vocabulary, else the EOS token).
             pad_to_multiple_of: round the padded length up (e.g. 8 for tensor cores).
+            transcript_special_tokens: the transcript side as [BOS] + transcript + EOS, the tokens
+                that open and close a mixed sequence (the original's contrastive + mixed text side).
         """
         if mode not in MODES:
             raise ValueError(f"unknown collator mode {mode!r}; known modes: {list(MODES)}")
@@ -122,6 +125,7 @@ class SpeechCollator:
         self.system_prompt = system_prompt
         self.on_overflow = on_overflow
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.transcript_special_tokens = transcript_special_tokens
         self.audio_token_id = tokenizer.convert_tokens_to_ids(AUDIO_TOKEN)
         self.pad_token_id = tokenizer.pad_token_id
         if eot_token is None:
@@ -133,6 +137,14 @@ class SpeechCollator:
     # ------------------------------------------------------------------------- tokenization
     def _tokenize(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _transcript_ids(self, transcript: str) -> list[int]:
+        """The contrastive text side: transcript tokens, optionally between BOS and EOS."""
+        if not self.transcript_special_tokens:
+            return self._tokenize(transcript)[: self.max_length]
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        return bos + self._tokenize(transcript)[: self.max_length - len(bos) - len(eos)] + eos
 
     def _messages(self, prompt: str) -> list[dict[str, str]]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
@@ -318,7 +330,7 @@ class SpeechCollator:
                 transcript = sample.transcript
                 if not transcript or not transcript.strip():
                     raise ValueError(f"sample {sample.id}: with_transcript needs a non-empty transcript")
-                text_rows.append(self._tokenize(transcript.strip())[: self.max_length])
+                text_rows.append(self._transcript_ids(transcript.strip()))
             # The transcript side is always right-padded: it is pooled, never generated from.
             t_len = self._padded_length(text_rows)
             batch["text_input_ids"] = self._pad(text_rows, self.pad_token_id, t_len, "right")  # [B, Lt]

@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         model.num_audio_tokens,
         mode=objective.collator_mode,
         with_transcript=objective.needs_transcript,
+        transcript_special_tokens=objective.transcript_special_tokens,
         max_length=data_args.model_max_length,
         system_prompt=prompts.system_prompt,
     )
