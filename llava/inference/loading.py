@@ -13,12 +13,13 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from llava.model.builder import DTYPES as MODEL_DTYPES
 from llava.model.builder import load_pretrained_model
 
 __all__ = ["DTYPES", "load_model", "resolve_dtype"]
 
 # `--dtype` names; "auto" = bfloat16 on a GPU that supports it, else float32.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *MODEL_DTYPES)
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype | None:
@@ -28,7 +29,7 @@ def resolve_dtype(name: str, device: str) -> torch.dtype | None:
     if name == "auto":
         on_gpu = str(device).startswith("cuda") and torch.cuda.is_available()
         return torch.bfloat16 if on_gpu and torch.cuda.is_bf16_supported() else None
-    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return None if name == "float32" else MODEL_DTYPES[name]
 
 
 def load_model(

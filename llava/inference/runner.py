@@ -1,11 +1,12 @@
 """Batched generation over an indexable set of samples: the loop evaluation and batch inference share.
 
 The items are whatever a `torch.utils.data.Dataset` yields: a `Sample` (or a mapping with its fields),
-or None when the item's audio could not be read. Items are grouped longest first (similar lengths
+None when the item's audio could not be read, or an `Unreadable` saying why. Items are grouped longest first (similar lengths
 share a batch, memory peaks early), decoded by DataLoader workers, collated and generated; every
 requested index comes back exactly once, either with its text or with the reason it failed:
 
-- `bad_audio`: the dataset returned None (the audio could not be decoded);
+- the `Unreadable`'s reason, or `bad_audio` when the dataset returned None (the audio could not be
+  decoded);
 - `exceeds_max_length`: the collator dropped it (cannot happen with `inference_collator`, which never
   truncates; kept so a custom collator's drops are still accounted for).
 
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
@@ -26,7 +27,14 @@ from llava.dataset.collator import SpeechCollator
 from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH
 from llava.inference.generation import GenerationSettings, generate_batch, stop_token_ids
 
-__all__ = ["Prediction", "batches_by_length", "predict"]
+__all__ = ["Prediction", "Unreadable", "batches_by_length", "predict"]
+
+
+class Unreadable(NamedTuple):
+    """What a dataset may return instead of a sample whose audio cannot be used: the reason and why."""
+
+    reason: str  # a short counter key, e.g. llava.dataset.audio.UNDECODABLE
+    error: str = ""  # the message
 
 
 @dataclass
@@ -36,7 +44,8 @@ class Prediction:
     index: int  # position in the dataset
     sample: Any | None  # the item as the dataset returned it (None: unreadable audio)
     text: str  # generated text ("" when failed)
-    failed: str | None = None  # None, BAD_AUDIO or EXCEEDS_MAX_LENGTH
+    failed: str | None = None  # None, the Unreadable's reason, BAD_AUDIO or EXCEEDS_MAX_LENGTH
+    error: str | None = None  # the Unreadable's message, when there is one
 
 
 def batches_by_length(
@@ -74,7 +83,7 @@ class _Collate:
         self.collator = collator
 
     def __call__(self, items: list[tuple[int, Any]]) -> tuple[list[tuple[int, Any]], dict]:
-        return items, self.collator([s for _, s in items])
+        return items, self.collator([None if isinstance(s, Unreadable) else s for _, s in items])
 
 
 def _sample_id(sample: Any) -> Any:
@@ -121,7 +130,9 @@ def predict(
             out = []
             for i, sample in items:
                 sid = _sample_id(sample) if sample is not None else None
-                if sample is None:
+                if isinstance(sample, Unreadable):
+                    out.append(Prediction(i, None, "", sample.reason, sample.error))
+                elif sample is None:
                     out.append(Prediction(i, None, "", BAD_AUDIO))
                 elif sid in by_id:
                     out.append(Prediction(i, sample, by_id[sid]))
