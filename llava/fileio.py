@@ -21,17 +21,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb+") as fh:  # data on disk before the rename makes it visible
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp files are private (0600); give the usual mode
+        os.chmod(tmp, usual_mode())  # mkstemp files are private (0600); give the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def usual_mode(directory: bool = False) -> int:
+    """The mode a file (or directory) created the ordinary way gets: 0o666 (0o777) less the umask.
+
+    Temporary files and directories (`tempfile`) are private; give them this mode before they
+    replace the real thing.
+    """
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
     os.umask(mask)
-    return mask
+    return (0o777 if directory else 0o666) & ~mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

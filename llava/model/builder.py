@@ -25,6 +25,23 @@ from llava.tokenization import add_audio_token, ensure_pad_token
 logger = logging.getLogger(__name__)
 
 
+# Weight dtypes by the names every flag uses (--frozen_dtype, --dtype, --encoder_dtype); "auto" means
+# something different to each of them and is resolved by its caller.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def dtype_by_name(name: str, flag: str) -> torch.dtype:
+    """`DTYPES[name]`, or an error naming the flag and the known names."""
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"{flag} {name!r}: expected auto or one of {sorted(DTYPES)}") from None
+
+
 LORA_BIAS = ("none", "all", "lora_only")
 
 

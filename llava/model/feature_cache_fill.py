@@ -27,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from llava.model.builder import dtype_by_name
 from llava.model.feature_cache import STORAGE_DTYPES, FeatureCache, report
 
 logger = logging.getLogger("llava.model.feature_cache")
 
-ENCODER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DESTINATIONS = ("train", "eval", "test")
 
 
@@ -52,9 +52,7 @@ def load_frozen_encoder(
 def _resolve_dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if name not in ENCODER_DTYPES:
-        raise ValueError(f"--encoder_dtype {name!r}: expected auto or one of {sorted(ENCODER_DTYPES)}")
-    return ENCODER_DTYPES[name]
+    return dtype_by_name(name, "--encoder_dtype")
 
 
 def _device(name: str, rank: int) -> str:

@@ -13,10 +13,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from pathlib import Path
-
-if __package__ in (None, ""):  # run as a file (e.g. by the deepspeed launcher): make `llava` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 from transformers import HfArgumentParser, set_seed
@@ -27,11 +23,13 @@ from llava.dataset.config import load_data_config
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.interleave import InterleaveOptions
 from llava.dataset.prompts import PromptSettings, resolve_prompt_settings
+from llava.losses.distributed import data_parallel_world
 from llava.model.builder import (
     LoraSettings,
     apply_training_mode,
     build_model,
     count_parameters,
+    dtype_by_name,
     load_projector,
 )
 from llava.model.compile import compile_llm
@@ -39,11 +37,9 @@ from llava.model.feature_cache import attach_feature_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.throughput import attach_throughput
-from llava.train.trainer import SpeechTrainer, data_parallel_world
+from llava.train.trainer import SpeechTrainer
 
 logger = logging.getLogger("llava.train")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def parse_args(argv: list[str] | None = None):
@@ -60,11 +56,7 @@ def parse_args(argv: list[str] | None = None):
 def frozen_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype | None:
     """Storage dtype of the frozen encoder and LLM (the trainable projector stays fp32)."""
     if model_args.frozen_dtype != "auto":
-        if model_args.frozen_dtype not in DTYPES:
-            raise ValueError(
-                f"--frozen_dtype {model_args.frozen_dtype!r}: expected auto or one of {sorted(DTYPES)}"
-            )
-        return DTYPES[model_args.frozen_dtype]
+        return dtype_by_name(model_args.frozen_dtype, "--frozen_dtype")
     if training_args.bf16 and torch.cuda.is_available():
         return torch.bfloat16
     if training_args.fp16:

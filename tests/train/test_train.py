@@ -112,6 +112,7 @@ def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_
         ),
         (["--lora_encoder", "True", "--encoder_lora_bias", "some"], r"--encoder_lora_\*: LoRA bias 'some'"),
         (["--freeze_modules", "projector,llm"], r"--freeze_modules: 'llm' matches no module"),
+        (["--frozen_dtype", "fp8"], r"--frozen_dtype 'fp8': expected auto or one of"),
     ],
 )
 def test_bad_settings_fail_before_training(tmp_path, tiny_base_dirs, tiny_corpus, extra, match):
@@ -347,3 +348,39 @@ def test_launcher_choices(env, extra, want, unwanted):
     out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True).stdout
     assert all(w in out for w in want), out
     assert not any(u in out for u in unwanted), out
+
+
+@pytest.mark.parametrize(
+    ("script", "want", "unwanted"),
+    [
+        (
+            "finetune_mixed_tasks_10%",
+            ["--data_subset 0.1 --pretrain_mm_speech_adapter /ckpt/stage1 --seed 7"],
+            [],
+        ),
+        (
+            "finetune_mixed_tasks_100%",
+            ["--data_subset 1.0 --pretrain_mm_speech_adapter /ckpt/stage1 --seed 7"],
+            [],
+        ),
+        ("finetune_no_pretraining_100%", ["--data_subset 1.0 --seed 7"], ["--pretrain_mm_speech_adapter"]),
+    ],
+)
+def test_finetune_scripts_share_one_body(script, want, unwanted):
+    env = dict(os.environ, DRY_RUN="1", NUM_GPUS="0", PRETRAINED_PROJECTOR="/ckpt/stage1")
+    cmd = ["bash", str(REPO / "scripts" / "finetune" / f"{script}.sh"), "--seed", "7"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout
+    assert (
+        "--num_train_epochs 2 " in out
+        and "--gradient_accumulation_steps 5 " in out
+        and f"--run_name {script} " in out
+    )
+    assert all(w in out for w in want) and not any(u in out for u in unwanted), out
+
+
+def test_finetune_from_a_projector_needs_the_checkpoint():
+    env = {k: v for k, v in os.environ.items() if k != "PRETRAINED_PROJECTOR"}
+    env.update(DRY_RUN="1", NUM_GPUS="0")
+    proc = subprocess.run(["bash", str(REPO / "scripts" / "finetune" / "finetune_mixed_tasks_10%.sh")], env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode != 0 and "set PRETRAINED_PROJECTOR" in proc.stderr
