@@ -52,6 +52,7 @@ import logging
 import os
 import shutil
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,10 +92,15 @@ _VOLATILE_CONFIG = {
 
 
 # --------------------------------------------------------------------------------------------- identity
-def weights_digest(module: torch.nn.Module) -> str:
-    """SHA-256 over every parameter and buffer of `module`: names, dtypes, shapes and bytes."""
-    h = hashlib.sha256()
+def weights_digest(
+    module: torch.nn.Module, keep: Callable[[str], bool] | None = None, algorithm: str = "sha256"
+) -> str:
+    """Digest over the parameters and buffers of `module` (those whose name `keep` accepts):
+    names, dtypes, shapes and bytes."""
+    h = hashlib.new(algorithm, usedforsecurity=False)
     for name, tensor in sorted(module.state_dict().items()):
+        if keep is not None and not keep(name):
+            continue
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
@@ -197,8 +203,14 @@ class CacheStats:
 
 
 # --------------------------------------------------------------------------------------------- the cache
-class FeatureCache:
-    """Content-addressed store of one encoder's features (one namespace of a cache directory)."""
+class EntryStore:
+    """One namespace of a cache directory: checksummed entries written atomically, verified on read.
+
+    A failed write (disk full, quota, permissions) disables writing with one warning; reads go on.
+    An unusable entry is counted, deleted and reported as a miss (the caller recomputes it)."""
+
+    LABEL = "cache"
+    IDENTITY_FILE = "identity.json"
 
     def __init__(
         self,
@@ -210,7 +222,6 @@ class FeatureCache:
     ) -> None:
         self.root = Path(root)
         self.identity = identity
-        self.storage_dtype = STORAGE_DTYPES[identity["storage_dtype"]]
         self.namespace = namespace_of(identity)
         self.dir = self.root / self.namespace
         self.min_free_bytes = int(min_free_gb * 2**30)
@@ -220,41 +231,17 @@ class FeatureCache:
         if writable:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
-                described = self.dir / "encoder.json"
+                described = self.dir / self.IDENTITY_FILE
                 if not described.exists():
                     atomic_write_text(described, json.dumps(identity, indent=1, sort_keys=True) + "\n")
             except OSError as exc:
                 self._disable_writes(exc)
 
-    @classmethod
-    def for_encoder(
-        cls, root: str | os.PathLike, encoder: AudioEncoder, storage_dtype: str = "bfloat16", **kwargs: Any
-    ) -> FeatureCache:
-        return cls(root, encoder_identity(encoder, storage_dtype), **kwargs)
-
-    @property
-    def compute_dtype(self) -> str:
-        return self.identity["compute_dtype"]
-
-    # ------------------------------------------------------------------------- keys and paths
-    def key(self, samples: torch.Tensor | np.ndarray) -> str:
-        """Entry key of one segment's valid samples ([n] float)."""
-        a = np.ascontiguousarray(
-            samples.detach().to("cpu", torch.float32).numpy() if torch.is_tensor(samples) else samples,
-            dtype=np.float32,
-        )
-        h = hashlib.sha1(usedforsecurity=False)  # content address, collision-resistant enough
-        h.update(self.namespace.encode())
-        h.update(np.int64(a.size).tobytes())
-        h.update(a.tobytes())
-        return h.hexdigest()
-
     def path(self, key: str) -> Path:
         return self.dir / key[:2] / f"{key}.safetensors"
 
-    # ------------------------------------------------------------------------- read / write
-    def get(self, key: str, num_samples: int, frames: int, hidden: int) -> torch.Tensor | None:
-        """The stored features [frames, hidden] of `key`, or None (missing, or unusable and deleted)."""
+    def _read(self, key: str, check: Callable[[torch.Tensor, dict[str, str]], None]) -> torch.Tensor | None:
+        """The verified tensor of `key`, or None; `check` raises `CorruptEntry` on a mismatch."""
         path = self.path(key)
         try:
             data = path.read_bytes()
@@ -268,30 +255,20 @@ class FeatureCache:
             tensor, meta = decode_entry(data)
             if meta.get("namespace") != self.namespace or meta.get("key") != key:
                 raise CorruptEntry("entry belongs to another namespace or key")
-            if meta.get("samples") != str(num_samples):
-                raise CorruptEntry(f"entry is for {meta.get('samples')} samples, segment has {num_samples}")
-            if tensor.dtype != self.storage_dtype or tuple(tensor.shape) != (frames, hidden):
-                raise CorruptEntry(
-                    f"entry is {tensor.dtype} {tuple(tensor.shape)}, expected {self.storage_dtype} "
-                    f"{(frames, hidden)}"
-                )
+            check(tensor, meta)
         except CorruptEntry as exc:
             self._corrupt(path, str(exc))
             return None
         self.stats.hits += 1
         return tensor
 
-    def put(self, key: str, features: torch.Tensor, num_samples: int, sample_id: str | None = None) -> bool:
-        """Store features [T, De] (already in the storage dtype); False when writing is disabled/failed."""
+    def _write(self, key: str, tensor: torch.Tensor, meta: dict[str, str]) -> bool:
         if self.write_disabled:
             return False
         try:
             if self.min_free_bytes and shutil.disk_usage(self.dir).free < self.min_free_bytes:
                 raise OSError(errno.ENOSPC, f"less than {self.min_free_bytes / 2**30:g} GiB free")
-            meta = {"namespace": self.namespace, "key": key, "samples": str(num_samples)}
-            if sample_id is not None:
-                meta["id"] = str(sample_id)
-            data = encode_entry(features.to("cpu", self.storage_dtype), meta)
+            data = encode_entry(tensor, {**meta, "namespace": self.namespace, "key": key})
             _write_bytes(self.path(key), data)
         except OSError as exc:
             self.stats.write_errors += 1
@@ -305,8 +282,9 @@ class FeatureCache:
         full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
         self.write_disabled = f"{'disk full: ' if full else ''}{exc}"
         logger.warning(
-            "audio feature cache %s: cannot write (%s); continuing without writing to the cache "
-            "(features are still computed, existing entries still read)",
+            "%s %s: cannot write (%s); continuing without writing to the cache "
+            "(values are still computed, existing entries still read)",
+            self.LABEL,
             self.dir,
             self.write_disabled,
         )
@@ -316,13 +294,12 @@ class FeatureCache:
         self.stats.misses += 1
         if self._warned_corrupt < 20:
             self._warned_corrupt += 1
-            logger.warning("audio feature cache: %s: %s; deleted, recomputing", path, reason)
+            logger.warning("%s: %s: %s; deleted, recomputing", self.LABEL, path, reason)
         try:
             path.unlink()
         except OSError:
             pass  # another process may have replaced or removed it already
 
-    # ------------------------------------------------------------------------- reporting
     def disk_usage(self) -> tuple[int, int]:
         """(entries, bytes) stored in this namespace."""
         return _dir_usage(self.dir)
@@ -334,10 +311,64 @@ class FeatureCache:
         entries, size = self.disk_usage()
         tail = f"; writes disabled ({self.write_disabled})" if self.write_disabled else ""
         return (
-            f"audio feature cache {self.dir}: {rate} ({s.hits} hits, {s.misses} misses, {s.corrupt} "
+            f"{self.LABEL} {self.dir}: {rate} ({s.hits} hits, {s.misses} misses, {s.corrupt} "
             f"corrupt entries replaced), {s.written} written ({s.bytes_written / 2**30:.3f} GiB); "
             f"{entries} entries, {size / 2**30:.3f} GiB on disk{tail}"
         )
+
+
+class FeatureCache(EntryStore):
+    """Content-addressed store of one encoder's features (one namespace of a cache directory)."""
+
+    LABEL = "audio feature cache"
+    IDENTITY_FILE = "encoder.json"
+
+    def __init__(self, root: str | os.PathLike, identity: dict[str, Any], **kwargs: Any) -> None:
+        super().__init__(root, identity, **kwargs)
+        self.storage_dtype = STORAGE_DTYPES[identity["storage_dtype"]]
+
+    @classmethod
+    def for_encoder(
+        cls, root: str | os.PathLike, encoder: AudioEncoder, storage_dtype: str = "bfloat16", **kwargs: Any
+    ) -> FeatureCache:
+        return cls(root, encoder_identity(encoder, storage_dtype), **kwargs)
+
+    @property
+    def compute_dtype(self) -> str:
+        return self.identity["compute_dtype"]
+
+    def key(self, samples: torch.Tensor | np.ndarray) -> str:
+        """Entry key of one segment's valid samples ([n] float)."""
+        a = np.ascontiguousarray(
+            samples.detach().to("cpu", torch.float32).numpy() if torch.is_tensor(samples) else samples,
+            dtype=np.float32,
+        )
+        h = hashlib.sha1(usedforsecurity=False)  # content address, collision-resistant enough
+        h.update(self.namespace.encode())
+        h.update(np.int64(a.size).tobytes())
+        h.update(a.tobytes())
+        return h.hexdigest()
+
+    def get(self, key: str, num_samples: int, frames: int, hidden: int) -> torch.Tensor | None:
+        """The stored features [frames, hidden] of `key`, or None (missing, or unusable and deleted)."""
+
+        def check(tensor: torch.Tensor, meta: dict[str, str]) -> None:
+            if meta.get("samples") != str(num_samples):
+                raise CorruptEntry(f"entry is for {meta.get('samples')} samples, segment has {num_samples}")
+            if tensor.dtype != self.storage_dtype or tuple(tensor.shape) != (frames, hidden):
+                raise CorruptEntry(
+                    f"entry is {tensor.dtype} {tuple(tensor.shape)}, expected {self.storage_dtype} "
+                    f"{(frames, hidden)}"
+                )
+
+        return self._read(key, check)
+
+    def put(self, key: str, features: torch.Tensor, num_samples: int, sample_id: str | None = None) -> bool:
+        """Store features [T, De]; False when writing is disabled or failed."""
+        meta = {"samples": str(num_samples)}
+        if sample_id is not None:
+            meta["id"] = str(sample_id)
+        return self._write(key, features.to("cpu", self.storage_dtype), meta)
 
     # ------------------------------------------------------------------------- the encoder hook
     @torch.no_grad()
@@ -452,6 +483,7 @@ if __name__ == "__main__":
 __all__ = [
     "CacheStats",
     "CorruptEntry",
+    "EntryStore",
     "FeatureCache",
     "attach_feature_cache",
     "encoder_identity",
