@@ -204,9 +204,6 @@ class TrainingArguments(HfTrainingArguments):
     # Device peak TFLOP/s for the MFU estimate; 0 = the known dense bf16 peak of this GPU (no MFU on a CPU).
     mfu_peak_tflops: float = 0.0
 
-    def __post_init__(self) -> None:
-        # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;
-        # otherwise torchrun would start independent, unsynchronised processes. DeepSpeed keeps its
     # Data-loading worker processes per training process (audio decoding off the training loop);
     # -1 = sized from the machine: this process's share of the node's CPUs, less one, at most 8.
     dataloader_num_workers: int = -1
@@ -215,8 +212,11 @@ class TrainingArguments(HfTrainingArguments):
     # Keep the workers between epochs (default: on with workers).
     dataloader_persistent_workers: bool | None = None
 
-        # own engine (and its own process group) either way.
+    def __post_init__(self) -> None:
         self._size_dataloader()
+        # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;
+        # otherwise torchrun would start independent, unsynchronised processes. DeepSpeed keeps its
+        # own engine (and its own process group) either way.
         if not self.use_cpu and not self.deepspeed and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
