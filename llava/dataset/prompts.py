@@ -200,6 +200,37 @@ def resolve_system_prompt(value: str | None, prompt_format: str = DEFAULT_PROMPT
     return value.strip()
 
 
+@dataclass(frozen=True)
+class PromptSettings:
+    """The resolved prompt options of a run (what `--prompt_format`, `--system_prompt` and
+    `--instruction_sampling` amount to)."""
+
+    prompt_format: str  # a key of PROMPT_FORMATS
+    system_prompt: str | None  # the system turn's text; None: no system turn
+    instruction_sampling: str  # fixed | random
+
+
+def resolve_prompt_settings(
+    prompt_format: str | None = None,
+    system_prompt: str | None = None,
+    instruction_sampling: str | None = None,
+    config_format: str | None = None,
+) -> PromptSettings:
+    """Validate and resolve the prompt flags (ValueError naming the flag); call it before loading a model.
+
+    `prompt_format` None takes `config_format` (a data config's PROMPT_FORMAT), else "original";
+    `system_prompt` and `instruction_sampling` None take the layout's defaults.
+    """
+    name = prompt_format or config_format or DEFAULT_PROMPT_FORMAT
+    fmt = get_prompt_format(name)
+    check_instruction_sampling(instruction_sampling)
+    return PromptSettings(
+        prompt_format=name,
+        system_prompt=resolve_system_prompt(system_prompt, name),
+        instruction_sampling=instruction_sampling or fmt.instruction_sampling,
+    )
+
+
 # ----------------------------------------------------------------------------- instruction bank
 class PromptBank:
     """Task -> instruction texts, with placeholder filling and seeded choice."""

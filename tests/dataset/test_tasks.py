@@ -36,7 +36,9 @@ def test_sqa_target_references_and_question():
 
 def test_instruct_given_instruction():
     task = get_task("INSTRUCT")
-    assert task.given_instruction({"prompt": "Describe the voice.\n<audio>"}) == "Describe the voice.\n<audio>"
+    assert (
+        task.given_instruction({"prompt": "Describe the voice.\n<audio>"}) == "Describe the voice.\n<audio>"
+    )
     assert task.given_instruction({"prompt": None}) is None
     assert get_task("ASR").given_instruction({"prompt": "x"}) is None
 
