@@ -163,12 +163,14 @@ class SpeechDataset(Dataset):
         prompt_format: str | None = None,
         instruction_sampling: str | None = None,
         no_punctuation: bool = False,
+        keep_unreadable: bool = False,
     ) -> SpeechDataset:
         """Build the dataset of one destination (train | eval | test) of a YAML data config.
 
         `train` defaults to `destination == "train"`. `check_audio` reads every row's audio header at
         load so unreadable/empty audio is skipped (and the real durations used) before training starts.
-        `prompt_format` None takes the config's `PROMPT_FORMAT`, else "original".
+        `prompt_format` None takes the config's `PROMPT_FORMAT`, else "original". `keep_unreadable`
+        (evaluation) keeps rows whose audio cannot be read: they come back as None when fetched.
         """
         cfg = config if isinstance(config, DataConfig) else load_data_config(config)
         specs = cfg.for_destination(destination)
@@ -184,6 +186,7 @@ class SpeechDataset(Dataset):
                 check_audio=check_audio,
                 need_word_boundaries=interleave_options is not None,
                 sampling_rate=sampling_rate,
+                keep_unreadable=keep_unreadable,
             )
             for spec in specs
         ]

@@ -132,8 +132,12 @@ class ParquetSource:
         check_audio: bool = True,
         need_word_boundaries: bool = False,
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
+        keep_unreadable: bool = False,
     ):
         self.spec = spec
+        # Evaluation: rows whose audio cannot be read at load stay in (not counted as skipped); they
+        # fail when decoded and are scored as empty predictions, so a test set never shrinks.
+        self.keep_unreadable = keep_unreadable
         self.name = spec.name
         self.task = spec.task
         self.task_def: Task = get_task(spec.task)
@@ -152,7 +156,7 @@ class ParquetSource:
     def _skip(self, reason: str, mask: np.ndarray, keep: np.ndarray, detail: str = "") -> None:
         bad = mask & keep
         n = int(bad.sum())
-        if not n:
+        if not n or (self.keep_unreadable and reason in (MISSING, EMPTY, NON_FINITE, UNDECODABLE)):
             return
         if self.strict:
             row = self.first_row + int(np.flatnonzero(bad)[0])

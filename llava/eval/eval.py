@@ -151,8 +151,8 @@ def build_test_sets(
 ) -> list[TestSet]:
     """Every `destination: test` partition of a data config as a `TestSet` (in config order).
 
-    The data is loaded once; a row whose audio header cannot be read stays in (it fails at decoding
-    and is scored as an empty prediction) instead of being dropped at load.
+    The data is loaded once, real durations read from the audio headers; a row whose audio cannot be
+    read stays in (it fails at decoding and is scored as an empty prediction) instead of being dropped.
     """
     cfg = config if isinstance(config, DataConfig) else check_config(config)
     prompt = prompt or PromptOptions()
@@ -162,7 +162,7 @@ def build_test_sets(
         train=False,
         sampling_rate=sampling_rate,
         strict=strict,
-        check_audio=False,
+        keep_unreadable=True,
         prompt_format=prompt.prompt_format,
         instruction_sampling=prompt.instruction_sampling,
     )

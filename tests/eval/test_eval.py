@@ -253,10 +253,13 @@ def test_resume_refuses_other_references_under_the_same_ids(asr_only, tmp_path):
         _evaluate(asr_only, tmp_path / "res", config=second)
 
 
-def test_unreadable_audio_is_scored_empty_and_counted_once(asr_only, tmp_path):
+@pytest.mark.parametrize("with_durations", [True, False])
+def test_unreadable_audio_is_scored_empty_and_counted_once(asr_only, tmp_path, with_durations):
     rows = _mustc_rows(SENTENCES)
     rows["audio"][3] = {"bytes": b"not audio at all", "path": "broken.wav"}
     rows["sentence"][5] = "   "  # no reference: left out at load, and counted there
+    if not with_durations:  # the audio headers are the only source of durations then
+        del rows["duration"]
     config = asr_config(tmp_path / "data", rows)
     scores = _evaluate(asr_only, tmp_path / "res", config=config)[ASR]
     assert scores["num_predictions"] == 5 and scores["num_references"] == 5
