@@ -153,3 +153,18 @@ def test_shipped_prompts_cover_every_task_without_a_row_instruction():
         assert all("{question}" not in t for t in bank.instructions(task))
     with pytest.raises(ConfigError, match="no instructions for task 'META'"):
         Prompter(PromptBank({"ASR": ["x"]})).check_tasks([get_task("META")])
+
+
+def test_prompt_settings_precedence():
+    from llava.dataset.prompts import resolve_prompt_settings
+
+    s = resolve_prompt_settings()
+    assert (s.prompt_format, s.system_prompt, s.instruction_sampling) == (
+        "original",
+        PAPER_SYSTEM_PROMPT,
+        "fixed",
+    )
+    s = resolve_prompt_settings(config_format="instruction_first")
+    assert (s.prompt_format, s.system_prompt, s.instruction_sampling) == ("instruction_first", None, "random")
+    s = resolve_prompt_settings("original", "none", "random", config_format="instruction_first")
+    assert (s.prompt_format, s.system_prompt, s.instruction_sampling) == ("original", None, "random")
