@@ -88,6 +88,9 @@ class ModelArguments:
     audio_feature_cache: str | None = None
     # Storage dtype of cached features: bfloat16 (half the disk) | float32 (bit-equal to an fp32 encoder).
     audio_feature_cache_dtype: str = "bfloat16"
+    # Pooled text-state cache of the average contrastive loss (llava.model.text_cache; frozen LLM only);
+    # unset = off.
+    text_state_cache: str | None = None
     # torch.compile the LLM's decoder layers (llava.model.compile); a GPU speed-up, on a CPU for testing only.
     torch_compile_llm: bool = False
 

@@ -34,6 +34,7 @@ from llava.model.builder import (
 )
 from llava.model.compile import compile_llm
 from llava.model.feature_cache import attach_feature_cache
+from llava.model.text_cache import attach_text_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.throughput import attach_throughput
@@ -230,6 +231,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     attach_feature_cache(
         model.audio_tower, model_args.audio_feature_cache, model_args.audio_feature_cache_dtype
     )
+    attach_text_cache(model, model_args.text_state_cache, objective)
     if model_args.torch_compile_llm:
         compile_llm(
             model, training_args.torch_compile_backend or "inductor", training_args.torch_compile_mode
@@ -269,8 +271,9 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         if trainer.skipped_samples:
             logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))
         logger.info("trainable weights saved to %s", training_args.output_dir)
-        if model.audio_tower.feature_cache is not None:
-            logger.info("%s", model.audio_tower.feature_cache.summary())
+        for cache in (model.audio_tower.feature_cache, model.text_cache):
+            if cache is not None:
+                logger.info("%s", cache.summary())
     return trainer
 
 

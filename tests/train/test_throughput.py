@@ -81,20 +81,28 @@ def _args(base_dirs, corpus, out, *extra):
 
 
 @pytest.mark.slow
-def test_training_logs_throughput_and_reuses_the_feature_cache(tmp_path, tiny_base_dirs, tiny_corpus):
+def test_training_logs_throughput_and_reuses_both_caches(tmp_path, tiny_base_dirs, tiny_corpus):
     cache = tmp_path / "cache"
     runs = []
     for name in ("cold", "warm"):
         trainer = train_mod.main(
-            _args(tiny_base_dirs, tiny_corpus, tmp_path / name, "--audio_feature_cache", str(cache))
+            _args(
+                tiny_base_dirs,
+                tiny_corpus,
+                tmp_path / name,
+                "--audio_feature_cache",
+                str(cache),
+                "--text_state_cache",
+                str(tmp_path / "text"),
+            )  # fmt: skip
         )
         runs.append([h for h in trainer.state.log_history if "loss" in h])
         speech_model = getattr(trainer.model, "model", trainer.model)  # inside the objective wrapper
-        stats = speech_model.audio_tower.feature_cache.stats
-        if name == "cold":
-            assert stats.written > 0 and stats.hits == 0
-        else:
-            assert stats.hits > 0 and stats.misses == 0 and stats.written == 0
+        for stats in (speech_model.audio_tower.feature_cache.stats, speech_model.text_cache.stats):
+            if name == "cold":
+                assert stats.written > 0 and stats.hits == 0
+            else:
+                assert stats.hits > 0 and stats.misses == 0 and stats.written == 0
     cold, warm = runs
     assert [h["loss"] for h in cold] == [h["loss"] for h in warm]  # the cache is exact
     for h in cold + warm:

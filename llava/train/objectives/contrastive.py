@@ -97,9 +97,15 @@ class ContrastiveObjective(Objective):
         speech_mask = speech_valid.long()  # [B, Q]
         # The stdlib RNG: the Trainer saves and restores its state with every checkpoint.
         offset = random.randrange(self.max_position_shift) if self.max_position_shift else None
-        with torch.no_grad():  # the text side is a fixed target
-            text_embeds = model.language_model.get_input_embeddings()(text_ids)  # [B, Lt, D]
-            text_h = model.hidden_states(text_embeds, text_mask, self.layers, _positions(text_mask, offset))
+        text_cache = getattr(model, "text_cache", None)  # pooled text states (llava.model.text_cache)
+        if text_cache is not None and text_cache.serves(self.name, self.layers, offset):
+            text_h, text_mask = text_cache.pooled_states(model, text_ids, text_mask)  # [B, 1, D], [B, 1]
+        else:
+            with torch.no_grad():  # the text side is a fixed target
+                text_embeds = model.language_model.get_input_embeddings()(text_ids)  # [B, Lt, D]
+                text_h = model.hidden_states(
+                    text_embeds, text_mask, self.layers, _positions(text_mask, offset)
+                )
         speech_h = model.hidden_states(speech, speech_mask, self.layers, _positions(speech_mask, offset))
         per_layer = self.similarity(text_h, text_mask, speech_h, speech_mask)
         return {f"contrastive_layer_{k}": v for k, v in per_layer.items()}
