@@ -201,7 +201,7 @@ def objective_flops_fn(model, objective, checkpointing: bool) -> FlopsFn | None:
             q = int(model.projector.output_lengths(torch.tensor([frames]))[0])  # speech-pass length
             passes.append(LLMPass(n_audio, q, deepest, True, checkpointing))
             text = batch.get("text_input_ids")
-            if text is not None:
+            if text is not None and getattr(model, "text_cache", None) is None:  # else read from disk
                 passes.append(LLMPass(text.shape[0], text.shape[1], deepest, False))
         cached = getattr(tower, "feature_cache", None) is not None  # no encoder work on hits
         windows = n_audio * -(-frames // qformer.window) if qformer else 0
