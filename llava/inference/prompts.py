@@ -7,18 +7,18 @@ three options together, checks them before any model loads, and builds what infe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.prompts import (
-    DEFAULT_PROMPT_FORMAT,
     PromptBank,
     Prompter,
     PromptFormat,
-    check_instruction_sampling,
+    PromptSettings,
     get_prompt_format,
-    resolve_system_prompt,
+    resolve_prompt_settings,
 )
 
 __all__ = ["NO_LENGTH_LIMIT", "PromptOptions", "inference_collator"]
@@ -28,7 +28,7 @@ NO_LENGTH_LIMIT = 1 << 30  # inference never truncates a prompt or drops an utte
 
 @dataclass(frozen=True)
 class PromptOptions:
-    """`--prompt-format`, `--system-prompt`, `--instruction-sampling` (defaults: the paper's layout)."""
+    """`--prompt-format`, `--system-prompt`, `--instruction-sampling` as given (None: the default)."""
 
     # A key of llava.dataset.prompts.PROMPT_FORMATS; None: the data config's PROMPT_FORMAT, else "original".
     prompt_format: str | None = None
@@ -36,16 +36,18 @@ class PromptOptions:
     system_prompt: str | None = None
     instruction_sampling: str | None = None  # fixed | random; None: the layout's default
 
+    def resolved(self) -> PromptSettings:
+        """What the options amount to (the system turn's file read); ValueError naming a bad flag."""
+        return resolve_prompt_settings(self.prompt_format, self.system_prompt, self.instruction_sampling)
+
     def check(self) -> None:
         """Raise ValueError naming the flag for an unknown layout or sampling, or a missing prompt file."""
-        get_prompt_format(self.format_name)
-        check_instruction_sampling(self.instruction_sampling)
-        resolve_system_prompt(self.system_prompt, self.format_name)
+        self.resolved()
 
     @property
     def format_name(self) -> str:
         """The layout in effect (the default one when none was chosen)."""
-        return self.prompt_format or DEFAULT_PROMPT_FORMAT
+        return self.resolved().prompt_format
 
     @property
     def format(self) -> PromptFormat:
@@ -53,19 +55,15 @@ class PromptOptions:
 
     def system_turn(self) -> str | None:
         """The resolved system turn (a file's text read), or None for none."""
-        return resolve_system_prompt(self.system_prompt, self.format_name)
+        return self.resolved().system_prompt
 
     def prompter(self, bank: PromptBank | None = None) -> Prompter:
         """The user-turn builder of the data side for these options."""
         return Prompter(bank, self.format_name, self.instruction_sampling)
 
     def as_dict(self) -> dict[str, Any]:
-        """The options as they take effect (the system turn resolved to its text), for run records."""
-        return {
-            "prompt_format": self.format_name,
-            "system_prompt": self.system_turn(),
-            "instruction_sampling": self.instruction_sampling or self.format.instruction_sampling,
-        }
+        """The options as they take effect, for run records."""
+        return dataclasses.asdict(self.resolved())
 
 
 def inference_collator(
