@@ -13,7 +13,15 @@ import soundfile as sf
 
 from llava.dataset.audio import decode_audio
 from llava.dataset.dataset import SpeechDataset
-from llava.dataset.importers import ImportFormatError, import_nemo, import_slam, main, write_parquet
+from llava.dataset.importers import (
+    DEFAULT_QUESTION,
+    ImportFormatError,
+    QuestionSource,
+    import_nemo,
+    import_slam,
+    main,
+    write_parquet,
+)
 from llava.dataset.prompts import PromptBank
 
 
@@ -51,7 +59,7 @@ def test_nemo_roundtrip_with_offsets_and_prompt(wavs):
     )
     (wavs / "prompt.txt").write_text("Answer using the audio. Question: {context}")
     out = wavs / "out" / "spoken_squad_train.parquet"
-    assert import_nemo(manifest, out, prompt_file=wavs / "prompt.txt") == 2
+    assert import_nemo(manifest, out, prompt_template=wavs / "prompt.txt") == 2
     table = pq.read_table(out).to_pylist()
     assert [r["question"] for r in table] == [
         "Answer using the audio. Question: Who?\n<audio>",
@@ -108,8 +116,8 @@ def test_slam_roundtrip(wavs):
         ("{not json", r"bad\.jsonl:2: invalid JSON"),
         ('["a"]', r"bad\.jsonl:2: expected a JSON object"),
         (
-            '{"audio_filepath": "wav/b.flac", "answer": "a"}',
-            r"bad\.jsonl:2: missing field 'question' or 'context'",
+            '{"audio_filepath": "wav/b.flac", "question": " ", "answer": "a"}',
+            r"bad\.jsonl:2: field 'question'",
         ),
         ('{"audio_filepath": "wav/b.flac", "question": "q"}', r"bad\.jsonl:2: missing field 'answer'"),
         (
@@ -175,3 +183,114 @@ def test_write_parquet_uses_the_usual_file_mode(tmp_path):
         os.umask(old)
     assert (tmp_path / "m.parquet").stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+# ----------------------------------------------------------------------------- NeMo question files
+def _lines(n: int, **extra) -> list[dict]:
+    return [{"audio_filepath": "wav/b.flac", "answer": f"a{i}", **extra} for i in range(n)]
+
+
+def _questions(path: Path) -> list[str]:
+    return [r["question"].removesuffix("\n<audio>") for r in pq.read_table(path).to_pylist()]
+
+
+def test_nemo_question_is_optional_with_nemos_default(wavs):
+    manifest = _jsonl(
+        wavs / "m.jsonl", [*_lines(2), {"audio_filepath": "wav/b.flac", "question": "Who?", "answer": "x"}]
+    )
+    import_nemo(manifest, wavs / "m.parquet")
+    assert _questions(wavs / "m.parquet") == [DEFAULT_QUESTION, DEFAULT_QUESTION, "Who?"]
+
+
+def test_nemo_question_file_draws_a_seeded_question_per_line(wavs):
+    qfile = wavs / "q.txt"
+    qfile.write_text("transcribe the audio\n\nwhat is said?\nrepeat the words\n")
+    lines = _lines(24)
+    lines[5] = {"audio_filepath": "wav/b.flac", "context": "Own question?", "answer": "y"}
+    manifest = _jsonl(wavs / "m.jsonl", lines)
+    import_nemo(manifest, wavs / "a.parquet", question_files=[qfile], seed=7)
+    import_nemo(manifest, wavs / "b.parquet", question_files=[qfile], seed=7)
+    import_nemo(manifest, wavs / "c.parquet", question_files=[qfile], seed=8)
+    a, b, c = (_questions(wavs / f"{x}.parquet") for x in "abc")
+    assert a[5] == "Own question?"  # a line's own question wins over the file (as in NeMo)
+    drawn = a[:5] + a[6:]
+    assert set(drawn) == {"transcribe the audio", "what is said?", "repeat the words"}  # blank line ignored
+    assert a == b and a != c  # seeded: same seed, same draws
+    # each line's draw depends on (seed, manifest, line) only, not on the lines read before it
+    assert a[10] == QuestionSource([qfile], seed=7).question(0, 11)
+
+
+def test_nemo_one_question_file_per_manifest(wavs):
+    asr, st = wavs / "asr.txt", wavs / "st.txt"
+    asr.write_text("transcribe it\nwrite down the words\n")
+    st.write_text("translate into German\ngive the German translation\n")
+    m1, m2 = _jsonl(wavs / "dev_asr.jsonl", _lines(12)), _jsonl(wavs / "dev_st.jsonl", _lines(12))
+    # a folder as output: one parquet per manifest (e.g. two named validation sets)
+    assert import_nemo([m1, m2], wavs / "out", question_files=[asr, st]) == 24
+    assert set(_questions(wavs / "out" / "dev_asr.parquet")) == {"transcribe it", "write down the words"}
+    assert set(_questions(wavs / "out" / "dev_st.parquet")) == {
+        "translate into German",
+        "give the German translation",
+    }
+
+
+def test_nemo_question_files_not_matching_the_manifests_are_shared(wavs):
+    files = []
+    for i in range(3):
+        files.append(wavs / f"q{i}.txt")
+        files[-1].write_text(f"question {i}\n")
+    m1, m2 = _jsonl(wavs / "one.jsonl", _lines(15)), _jsonl(wavs / "two.jsonl", _lines(15))
+    assert import_nemo([m1, m2], wavs / "all.parquet", question_files=files) == 30
+    rows = pq.read_table(wavs / "all.parquet").to_pylist()
+    by_manifest = {"one": set(), "two": set()}
+    for r in rows:
+        by_manifest[r["id"].split(":")[0]].add(r["question"].removesuffix("\n<audio>"))
+    # 3 files for 2 manifests: every line draws from all of them
+    assert by_manifest["one"] == by_manifest["two"] == {"question 0", "question 1", "question 2"}
+
+
+def test_nemo_prompt_template_wraps_drawn_questions_and_old_flag_name_works(wavs):
+    (wavs / "q.txt").write_text("what is said?\n")
+    (wavs / "t.txt").write_text("Listen. {context}")
+    manifest = _jsonl(wavs / "m.jsonl", _lines(1))
+    for flag in ("--prompt-template", "--prompt-file"):
+        out = wavs / f"{flag}.parquet"
+        assert (
+            main(
+                [
+                    "nemo",
+                    str(manifest),
+                    str(out),
+                    "--question-file",
+                    str(wavs / "q.txt"),
+                    flag,
+                    str(wavs / "t.txt"),
+                ]
+            )
+            == 0
+        )
+        assert _questions(out) == ["Listen. what is said?"]
+
+
+@pytest.mark.parametrize("content", [None, "", "\n  \n"])
+def test_nemo_missing_or_empty_question_file_names_it(wavs, capsys, content):
+    qfile = wavs / "questions.txt"
+    if content is not None:
+        qfile.write_text(content)
+    manifest = _jsonl(wavs / "m.jsonl", _lines(1))
+    what = "not found" if content is None else "is empty"
+    with pytest.raises(ImportFormatError, match=rf"questions\.txt: question file {what}"):
+        import_nemo(manifest, wavs / "m.parquet", question_files=[qfile])
+    assert main(["nemo", str(manifest), str(wavs / "m.parquet"), "--question-file", str(qfile)]) == 2
+    assert f"questions.txt: question file {what}" in capsys.readouterr().err
+    assert not (wavs / "m.parquet").exists()
+
+
+def test_nemo_cli_several_manifests_and_question_files(wavs):
+    (wavs / "a.txt").write_text("qa\n")
+    (wavs / "b.txt").write_text("qb\n")
+    m1, m2 = _jsonl(wavs / "x.jsonl", _lines(2)), _jsonl(wavs / "y.jsonl", _lines(3))
+    argv = ["nemo", str(m1), str(m2), str(wavs / "o.parquet"), "--question-file", str(wavs / "a.txt"),
+            "--context-file", str(wavs / "b.txt")]  # fmt: skip
+    assert main(argv) == 0
+    assert _questions(wavs / "o.parquet") == ["qa"] * 2 + ["qb"] * 3
