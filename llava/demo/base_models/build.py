@@ -1,18 +1,20 @@
-"""`python -m llava.demo.base_models.build --corpus DIR --out DIR [--budget small|smoke]`: build the tiny base models.
+"""`python -m llava.demo.base_models.build --corpus DIR --out DIR [--budget ship|small|smoke]`: build the tiny base models.
 
 From the synthetic corpus (`python -m llava.demo.corpus --out DIR`) this trains
 
 - a byte-level BPE tokenizer with Llama-3 special tokens and chat template,
-- a tiny Llama on the corpus text and text-only chat versions of the tasks (OUT/llm/, tokenizer inside),
+- a tiny Llama on text-only chat versions of the tasks (OUT/llm/, tokenizer inside),
 - a tiny HuBERT-architecture encoder with CTC on the English speech (OUT/encoder/),
 
-and writes OUT/report.json (dev perplexity, dev CER, parameters, times). Each model directory is
+and writes OUT/report.json (text topline, dev CER, parameters, times). Each model directory is
 written under a temporary name and renamed when complete; a finished directory built with the same
 budget and seed is reused on a re-run (`--force` rebuilds it).
 
-The text-only chat examples use the task prompts of `llava/dataset/prompts.json` with the `<audio>`
-placeholder replaced by what the audio says (transcript for ASR/ST, passage for SQA): the input a
-perfectly aligned projector would hand the LLM.
+The text-only conversations (`chats.py`) use every task instruction of `llava/dataset/prompts.json`
+in both prompt layouts, with `<audio>` replaced by what the audio says (transcript for ASR/ST,
+passage for SQA): the input a perfectly aligned projector would hand the LLM. Budgets counted in
+steps (`ship`, `smoke`) are deterministic: with one thread and the same library versions, a
+rebuild gives bit-identical weights (`python -m llava.demo.base_models.ship`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,7 @@ import argparse
 import json
 import logging
 import os
-import re
 import shutil
-import string
 import sys
 import tempfile
 import time
@@ -34,11 +34,20 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from llava.constants import AUDIO_TOKEN
 from llava.dataset.audio import AudioDecodeError, decode_audio
 from llava.dataset.prompts import PromptBank
+from llava.demo.base_models.chats import (
+    TASKS,
+    TaskText,
+    conversation,
+    read_task_texts,
+    split_task_texts,
+    text_topline,
+    training_conversations,
+    user_turn,
+)
 from llava.demo.base_models.encoder import EncoderTrainArgs, train_tiny_hubert_ctc
-from llava.demo.base_models.llm import LlmTrainArgs, TextExample, generate_replies, train_tiny_llm
+from llava.demo.base_models.llm import LlmTrainArgs, TextExample, train_tiny_llm
 from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 
 logger = logging.getLogger("llava.demo.base_models.build")
@@ -56,46 +65,66 @@ class Budget:
     """How much compute one `--budget` spends."""
 
     vocab_size: int  # BPE vocabulary (bytes and special tokens included)
-    llm_args: dict  # `LlmTrainArgs` fields (time_budget_s, batch_size, ...)
+    llm_args: dict  # `LlmTrainArgs` fields (max_steps / time_budget_s, batch_size, ...)
     encoder_args: dict  # `EncoderTrainArgs` fields
     llm_config: dict = field(default_factory=dict)  # overrides of `default_llm_config`
     encoder_config: dict = field(default_factory=dict)  # overrides of `default_encoder_config`
-    chat_copies: int = 2  # each training row becomes this many conversations (different prompts)
+    chat_copies: int = 2  # conversations per task item (each with a random instruction and layout)
+    plain_lines: int = 3000  # plain LM lines mixed in (BOS text EOS: the mixed-NWP format)
     encoder_max_train: int | None = None  # training utterances used (None: all)
-    max_dev: int = 200  # dev utterances / sentence pairs scored
-    generation_dev: int = 40  # dev conversations per task answered greedily for the report
+    max_dev: int = 200  # dev utterances scored for CER
+    topline_n: int | None = None  # items per task in the text topline (None: the whole split)
+    eval_n: int = 40  # items per task in the topline logged during LLM training (every llm eval_every)
+
+    @property
+    def deterministic(self) -> bool:
+        """Counted in steps, not seconds: the same on every run."""
+        return not self.llm_args.get("time_budget_s") and not self.encoder_args.get("time_budget_s")
 
 
+_TINY_LLM = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
 BUDGETS: dict[str, Budget] = {
     "smoke": Budget(
-        vocab_size=800,
-        llm_args=dict(time_budget_s=10.0, batch_size=8),
-        encoder_args=dict(time_budget_s=15.0),
-        llm_config=dict(hidden_size=64, num_hidden_layers=2, intermediate_size=256),
-        encoder_config=dict(hidden_size=128, num_hidden_layers=2, intermediate_size=512),
+        vocab_size=600,
+        llm_args=dict(time_budget_s=None, max_steps=6, batch_size=4, block_size=64),
+        encoder_args=dict(time_budget_s=None, max_steps=6, batch_seconds=4.0),
+        llm_config=dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64),
+        encoder_config=dict(
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            conv_dim=(16, 16, 32),
+            num_conv_pos_embeddings=16,
+            num_conv_pos_embedding_groups=4,
+        ),
         chat_copies=1,
-        encoder_max_train=300,
-        max_dev=30,
-        generation_dev=8,
+        plain_lines=50,
+        encoder_max_train=40,
+        max_dev=8,
+        topline_n=4,
     ),
+    # Built inside a study run: a few minutes, not competent (the shipped models are).
     "small": Budget(
         vocab_size=2000,
-        llm_args=dict(time_budget_s=120.0),
+        llm_args=dict(time_budget_s=120.0, lr=5e-3, block_size=256),
         encoder_args=dict(time_budget_s=300.0),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        topline_n=40,
     ),
-}
+    # The shipped base models (llava/demo/assets): competent, reproducible bit for bit.
+    "ship": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=700, lr=5e-3, block_size=256, batch_size=16,
+                      prompt_loss_weight=0.2, eval_every=175),
+        encoder_args=dict(time_budget_s=None, max_steps=1800, eval_every=300),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+    ),
+}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- corpus
-@dataclass
-class TextCorpus:
-    """Texts of one split: plain lines and structured task rows (no audio)."""
-
-    lines: list[str]  # plain text lines
-    pairs: list[tuple[str, str]]  # (English sentence, German translation)
-    sqa: list[tuple[str, str, str]]  # (passage, question without <audio>, answer)
-
-
 def _read_table(path: Path, columns: Sequence[str]):
     if not path.is_file():
         raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.demo.corpus)")
@@ -112,32 +141,6 @@ def _mustc(corpus: Path, split: str) -> Path:
 
 def _squad(corpus: Path, split: str) -> Path:
     return corpus / "SpokenSQuAD" / f"spoken_squad_{split}.parquet"
-
-
-def read_texts(corpus: Path, split: str) -> TextCorpus:
-    """Sentence pairs and SQA rows of `split`; for `train` also the LM text lines."""
-    table = _read_table(_mustc(corpus, split), ["sentence", "translation"])
-    pairs = [
-        (s.strip(), t.strip()) for s, t in zip(*(table.column(c).to_pylist() for c in table.column_names))
-    ]
-    sqa: list[tuple[str, str, str]] = []
-    if _squad(corpus, split).is_file():
-        t = _read_table(_squad(corpus, split), ["context", "question", "answer"])
-        for ctx, q, a in zip(*(t.column(c).to_pylist() for c in t.column_names)):
-            sqa.append((ctx.strip(), q.replace(AUDIO_TOKEN, "").strip(), a.strip()))
-    else:
-        logger.warning("%s not found: the LLM gets no question-answering examples", _squad(corpus, split))
-    lines: list[str] = []
-    if split == "train":
-        lm = corpus / "text" / "lm_corpus.txt"
-        if lm.is_file():
-            lines = [ln.strip() for ln in lm.read_text(encoding="utf-8").splitlines() if ln.strip()]
-        else:
-            logger.warning("%s not found: the LLM learns from the task texts only", lm)
-            lines = [x for p in pairs for x in p] + [x for row in sqa for x in row]
-    else:
-        lines = [x for p in pairs for x in p] + sorted({ctx for ctx, _, _ in sqa})
-    return TextCorpus(lines, pairs, sqa)
 
 
 def read_speech(
@@ -172,62 +175,24 @@ def read_speech(
 
 
 # ----------------------------------------------------------------------------------- examples
-def _fill(prompt: str, content: str) -> str:
-    return prompt.replace(AUDIO_TOKEN, content)
-
-
-def chat_examples(
-    texts: TextCorpus, prompts: PromptBank, rng: np.random.Generator | None
-) -> dict[str, list[list[dict[str, str]]]]:
-    """Text-only task conversations per task; `rng=None` takes the first prompt (as evaluation does)."""
-
-    def pick(options: list[str]) -> str:
-        return options[0] if rng is None else options[int(rng.integers(len(options)))]
-
-    asr = prompts.candidates("ASR", source_language=SRC_LANG)
-    st = prompts.candidates("ST", source_language=SRC_LANG, target_language=TGT_LANG)
-    out: dict[str, list[list[dict[str, str]]]] = {"ASR": [], "ST": [], "SQA": []}
-    for en, de in texts.pairs:
-        out["ASR"].append(
-            [{"role": "user", "content": _fill(pick(asr), en)}, {"role": "assistant", "content": en}]
-        )
-        out["ST"].append(
-            [{"role": "user", "content": _fill(pick(st), en)}, {"role": "assistant", "content": de}]
-        )
-    for ctx, question, answer in texts.sqa:
-        sqa = prompts.candidates("SQA", source_language=SRC_LANG, question=question)
-        out["SQA"].append(
-            [{"role": "user", "content": _fill(pick(sqa), ctx)}, {"role": "assistant", "content": answer}]
-        )
-    return out
-
-
 def chat_plain_text(messages: list[dict[str, str]]) -> str:
     """A conversation as the text between the chat template's special tokens (tokenizer training)."""
     return "\n\n".join(f"{m['role']}\n\n{m['content'].strip()}" for m in messages) + "\n\nassistant\n\n"
 
 
-def _normalize_answer(text: str) -> str:
-    text = text.lower().translate(str.maketrans("", "", string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", text).split())
+def _per_task(items: list[TaskText], n: int | None) -> list[TaskText]:
+    """The first `n` items of each task (all when `n` is None)."""
+    if n is None:
+        return list(items)
+    return [it for task in TASKS for it in [x for x in items if x.task == task][:n]]
 
 
-def generation_scores(model, tokenizer, conversations: dict[str, list], n: int) -> dict:
-    """Exact match (SQuAD normalisation) of greedy replies to the first `n` dev conversations per task."""
-    scores = {}
-    for task, convs in conversations.items():
-        convs = convs[:n]
-        if not convs:
-            continue
-        replies = generate_replies(model, tokenizer, [c[:-1] for c in convs], max_new_tokens=64)
-        refs = [c[-1]["content"] for c in convs]
-        em = np.mean([_normalize_answer(h) == _normalize_answer(r) for h, r in zip(replies, refs)])
-        scores[task] = {
-            "exact_match": float(em),
-            "n": len(convs),
-            "example": {"prompt": convs[0][0]["content"], "ref": refs[0], "hyp": replies[0]},
-        }
-    return scores
+def _topline_summary(topline: dict) -> dict:
+    return {
+        "repeat_wer": round(topline["ASR"]["paper_wer"], 2) if "ASR" in topline else None,
+        "st_bleu": round(topline["ST"]["bleu"], 2) if "ST" in topline else None,
+        "sqa_f1": round(topline["SQA"]["f1"], 2) if "SQA" in topline else None,
+    }
 
 
 # ----------------------------------------------------------------------------------- driver
@@ -280,22 +245,35 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
         return report
     rng = np.random.default_rng(seed)
     prompts = PromptBank.load()
-    train_texts, dev_texts = read_texts(corpus, "train"), read_texts(corpus, "dev")
-    train_chats: dict[str, list] = {}
-    for _ in range(budget.chat_copies):
-        for task, convs in chat_examples(train_texts, prompts, rng).items():
-            train_chats.setdefault(task, []).extend(convs)
-    dev_chats = chat_examples(dev_texts, prompts, None)
-    all_train_chats = [c for convs in train_chats.values() for c in convs]
+    tasks_file = corpus / "text" / "lm_tasks.jsonl"
+    lm_file = corpus / "text" / "lm_corpus.txt"
+    for path in (tasks_file, lm_file):
+        if not path.is_file():
+            raise CorpusError(
+                f"{path}: corpus file not found (rebuild the corpus with python -m llava.demo.corpus)"
+            )
+    items = read_task_texts(tasks_file)
+    conversations = training_conversations(items, prompts, rng, copies=budget.chat_copies)
+    lines = [ln.strip() for ln in lm_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
     t0 = time.monotonic()
+    # One rendering per item is enough for the merges; the copies only repeat the same words.
     tokenizer = train_bpe_tokenizer(
-        train_texts.lines + [chat_plain_text(c) for c in all_train_chats], vocab_size=budget.vocab_size
+        lines + [chat_plain_text(c) for c in conversations[: len(items)]], vocab_size=budget.vocab_size
     )
     tok_time = time.monotonic() - t0
-    train_examples: list[TextExample] = [*train_texts.lines, *all_train_chats]
-    dev_examples: list[TextExample] = [*dev_texts.lines, *(c for convs in dev_chats.values() for c in convs)]
-    dev_examples = dev_examples[: budget.max_dev * 4]  # ~4 texts per sentence pair (plain + chats)
+    plain = [lines[i] for i in rng.choice(len(lines), min(budget.plain_lines, len(lines)), replace=False)]
+    train_examples: list[TextExample] = [*plain, *conversations]
+    dev_items = split_task_texts(corpus, "dev")
+    dev_examples: list[TextExample] = [
+        conversation(it, user_turn(it, "original", prompts), True)
+        for it in _per_task(dev_items, budget.max_dev)
+    ]
+    logged = _per_task(dev_items, budget.eval_n)
+
+    def evaluate(model) -> dict:
+        return _topline_summary(text_topline(model, tokenizer, logged, prompts))
+
     tmp = Path(tempfile.mkdtemp(dir=out, prefix=".llm."))
     try:
         report = train_tiny_llm(
@@ -305,18 +283,25 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
             tmp,
             config=budget.llm_config,
             args=LlmTrainArgs(**{"seed": seed, **budget.llm_args}),
+            evaluate=evaluate,
         )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         # Score the saved directory, loaded the way the pipeline loads it.
         model = AutoModelForCausalLM.from_pretrained(str(tmp))
         reloaded = AutoTokenizer.from_pretrained(str(tmp))
-        report["dev_generation"] = generation_scores(model, reloaded, dev_chats, budget.generation_dev)
+        report["text_topline"] = {
+            split: text_topline(
+                model, reloaded, _per_task(split_task_texts(corpus, split), budget.topline_n), prompts
+            )
+            for split in ("dev", "test")
+        }
+        report["text_topline_summary"] = {k: _topline_summary(v) for k, v in report["text_topline"].items()}
         report["tokenizer_vocab_size"] = len(tokenizer)
         report["tokenizer_time_s"] = round(tok_time, 1)
         report["train_examples"] = {
-            "plain": len(train_texts.lines),
-            **{k: len(v) for k, v in train_chats.items()},
+            "plain": len(plain),
+            **{t: sum(1 for it in items if it.task == t) * budget.chat_copies for t in TASKS},
         }
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)
@@ -363,8 +348,17 @@ def build_all(
     budget: str = "small",
     seed: int = 42,
     force: bool = False,
+    parts: Sequence[str] = ("llm", "encoder"),
 ) -> dict:
-    """Build (or reuse) OUT/llm and OUT/encoder from the corpus; write and return OUT/report.json."""
+    """Build (or reuse) OUT/llm and OUT/encoder from the corpus; write and return OUT/report.json.
+
+    `parts` builds only some of the two (separate processes can build them side by side; a last call
+    with both reuses the finished ones and writes the report). The report is written only when both
+    are done.
+    """
+    unknown = sorted(set(parts) - {"llm", "encoder"})
+    if unknown:
+        raise ValueError(f"unknown part(s) {unknown}; known: ['encoder', 'llm']")
     if budget not in BUDGETS:
         raise ValueError(f"unknown budget {budget!r}; known: {sorted(BUDGETS)}")
     corpus, out = Path(corpus), Path(out)
@@ -375,11 +369,13 @@ def build_all(
     spec = BUDGETS[budget]
     stamp = {"budget": budget, "seed": seed, "spec": asdict(spec)}
     if force:
-        for name in ("llm", "encoder"):
+        for name in parts:
             shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.monotonic()
-    llm = build_llm(corpus, out, spec, seed, stamp)
-    encoder = build_encoder(corpus, out, spec, seed, stamp)
+    llm = build_llm(corpus, out, spec, seed, stamp) if "llm" in parts else {}
+    encoder = build_encoder(corpus, out, spec, seed, stamp) if "encoder" in parts else {}
+    if len(set(parts)) < 2:
+        return {"llm": llm, "encoder": encoder}
     report = {
         "budget": budget,
         "seed": seed,
@@ -391,6 +387,7 @@ def build_all(
         "summary": {
             "llm_params": llm.get("params"),
             "llm_dev_ppl": llm.get("dev_ppl"),
+            "text_topline_test": llm.get("text_topline_summary", {}).get("test"),
             "llm_train_time_s": llm.get("train_time_s"),
             "encoder_params": encoder.get("params_encoder"),
             "encoder_dev_cer": encoder.get("dev_cer"),

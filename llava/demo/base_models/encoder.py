@@ -101,6 +101,8 @@ class EncoderTrainArgs:
     seed: int = 42
     max_dev: int | None = 300  # dev utterances scored for CER (None: all)
     log_every: int = 25  # steps between progress log lines
+    eval_every: int = 0  # steps between dev CER log lines on `eval_dev` utterances (0: only at the end)
+    eval_dev: int = 100
 
 
 # ----------------------------------------------------------------------------------- text side
@@ -323,6 +325,7 @@ def train_tiny_hubert_ctc(
 
     start = time.monotonic()
     step, epoch, audio_s, losses = 0, 0, 0.0, []
+    curve: list[dict] = []  # periodic dev CER
     progress = 0.0
     while progress < 1.0:
         batches = _duration_batches(lengths, max_batch, rng)
@@ -356,6 +359,12 @@ def train_tiny_hubert_ctc(
                     optimizer.param_groups[0]["lr"],
                     elapsed,
                 )
+            if args.eval_every and step % args.eval_every == 0 and dev:
+                partial = evaluate_ctc(model, processor, list(dev)[: args.eval_dev], bf16=args.bf16)
+                curve.append({"step": step, "dev_cer": partial["cer"], "time_s": round(elapsed, 1)})
+                logger.info(
+                    "encoder step %d dev CER %.4f (%d utterances)", step, partial["cer"], partial["n"]
+                )
         epoch += 1
     train_time = time.monotonic() - start
 
@@ -365,6 +374,9 @@ def train_tiny_hubert_ctc(
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir))
     processor.save_pretrained(str(out_dir))
+    # Real checkpoints (facebook/hubert-large-ls960-ft) carry preprocessor_config.json, which every
+    # transformers version's AutoFeatureExtractor reads; processor_config.json alone is 5.x only.
+    processor.feature_extractor.save_pretrained(str(out_dir))
     report = {
         "params": sum(p.numel() for p in model.parameters()),
         "params_encoder": sum(p.numel() for p in model.hubert.parameters()),
@@ -380,6 +392,7 @@ def train_tiny_hubert_ctc(
         "dev_wer": scores.get("wer"),
         "dev_n": scores.get("n"),
         "dev_examples": scores.get("examples"),
+        "dev_cer_curve": curve,
         "args": asdict(args),
     }
     (out_dir / "train_report.json").write_text(json.dumps(report, indent=2))

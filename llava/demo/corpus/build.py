@@ -6,6 +6,7 @@ DIR/MUSTC/en-de/{train,dev,test}.parquet                 audio, sentence, transl
 DIR/NWP/en-de_{train,dev,test}_processed.parquet         audio, transcription, word_boundaries, ...
 DIR/SpokenSQuAD/spoken_squad_{train,dev,test}.parquet    audio, question, answer, duration, context
 DIR/text/lm_corpus.txt                                   one sentence / passage / question / answer per line
+DIR/text/lm_tasks.jsonl                                  the same training texts, structured (pairs, passages + QAs)
 DIR/configs/*.yml                                        data configs (absolute paths)
 DIR/manifest.json                                        counts, hours, seed, size, files
 ```
@@ -41,7 +42,7 @@ from llava.demo.corpus.speech import SAMPLING_RATE, speak
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: text/lm_tasks.jsonl
 SPLITS = ("train", "dev", "test")
 
 # espeak-ng voices: language variants x voice variants (male/female timbres).
@@ -225,6 +226,21 @@ def _lm_lines(plan: CorpusPlan) -> list[str]:
     return lines
 
 
+def _lm_tasks(plan: CorpusPlan) -> list[dict]:
+    """The LM corpus texts with their structure kept: sentence pairs and passages with every QA.
+
+    The tiny LLM learns the text versions of the tasks (transcribe, translate, answer) from these.
+    """
+    records: list[dict] = [
+        {"kind": "pair", "en": s.en, "de": s.de} for s in plan.sentences["train"] + plan.lm_sentences
+    ]
+    for p in plan.passages["train"] + plan.lm_passages:
+        records.append(
+            {"kind": "passage", "context": p.context, "qas": [[qa.question, qa.answer] for qa in p.qas]}
+        )
+    return records
+
+
 # ----------------------------------------------------------------------------- entry point
 def _manifest_is_current(out: Path, size: str, seed: int) -> dict | None:
     path = out / "manifest.json"
@@ -340,9 +356,12 @@ def build_corpus(
 
     lm_lines = _lm_lines(plan)
     atomic_write_bytes(out / "text" / "lm_corpus.txt", ("\n".join(lm_lines) + "\n").encode("utf-8"))
+    tasks_text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in _lm_tasks(plan))
+    atomic_write_bytes(out / "text" / "lm_tasks.jsonl", tasks_text.encode("utf-8"))
     config_paths = write_configs(out)
 
-    files = sorted([w.path for w in writers.values()] + [out / "text" / "lm_corpus.txt"] + config_paths)
+    text_files = [out / "text" / "lm_corpus.txt", out / "text" / "lm_tasks.jsonl"]
+    files = sorted([w.path for w in writers.values()] + text_files + config_paths)
     english, german = set(), set()
     for split in SPLITS:
         for s in plan.sentences[split]:

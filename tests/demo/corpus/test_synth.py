@@ -230,3 +230,32 @@ def test_rebuild_with_same_arguments_is_a_no_op(tiny_corpora):
     again = B.build_corpus(root, size="tiny", seed=11)
     assert again == manifest
     assert stamps == {rel: (root / rel).stat().st_mtime_ns for rel in manifest["files"]}
+
+
+def test_tiny_build_lm_tasks_hold_training_texts_only(tiny_corpora):
+    root, _, manifest = tiny_corpora
+    assert "text/lm_tasks.jsonl" in manifest["files"]
+    records = [json.loads(line) for line in (root / "text" / "lm_tasks.jsonl").read_text().splitlines()]
+    spec = B.SIZES["tiny"]
+    pairs = [r for r in records if r["kind"] == "pair"]
+    passages = [r for r in records if r["kind"] == "passage"]
+    assert len(pairs) == spec.asr[0] + spec.lm_extra_sentences
+    assert len(passages) == spec.sqa[0] + spec.lm_extra_passages
+    for p in passages:
+        assert p["qas"] and all(answer in p["context"] for _, answer in p["qas"])
+    # The same texts as the plain LM corpus, and none of the held-out ones.
+    lines = set((root / "text" / "lm_corpus.txt").read_text().splitlines())
+    assert {r["en"] for r in pairs} | {r["de"] for r in pairs} | {p["context"] for p in passages} <= lines
+    train = pq.read_table(root / "MUSTC" / "en-de" / "train.parquet").column("sentence").to_pylist()
+    assert [r["en"] for r in pairs[: len(train)]] == train
+    held_out = set()
+    for split in ("dev", "test"):
+        held_out |= set(
+            pq.read_table(root / "MUSTC" / "en-de" / f"{split}.parquet").column("sentence").to_pylist()
+        )
+        held_out |= set(
+            pq.read_table(root / "SpokenSQuAD" / f"spoken_squad_{split}.parquet")
+            .column("context")
+            .to_pylist()
+        )
+    assert not held_out & ({r["en"] for r in pairs} | {p["context"] for p in passages})

@@ -1,0 +1,222 @@
+"""`python -m llava.demo.base_models.ship --out DIR`: rebuild the shipped base models from their seed.
+
+Steps: build the synthetic corpus (`--corpus-size`, `--corpus-seed`; default small / 0, the study's
+corpus) into DIR/corpus unless `--corpus` names one; train the tokenizer, the tiny LLM and the tiny
+encoder with a step-counted budget (default `ship`) on one thread with deterministic kernels into
+DIR/build; write DIR/base_models.json (sha256 of every model file, the command, corpus, figures).
+
+- `--check` compares the rebuild's hashes with the shipped record (`llava/demo/assets/base_models.json`)
+  and exits with status 1 listing the files that differ;
+- `--install` replaces the shipped models and record with the rebuild.
+
+The same library versions (torch, transformers, tokenizers) on the same kind of CPU rebuild
+identical bytes; the record names the versions used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import platform
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from llava.demo.base_models.shipped import (
+    EXCLUDED_FILES,
+    MODEL_NAMES,
+    MODELS_DIR,
+    RECORD_PATH,
+    compare_files,
+    model_files,
+    read_record,
+    verify_models,
+)
+
+logger = logging.getLogger("llava.demo.base_models.ship")
+
+
+@contextlib.contextmanager
+def deterministic_torch() -> Iterator[None]:
+    """One intra-op thread and deterministic kernels (floating-point sums in a fixed order) inside."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _versions() -> dict[str, str]:
+    import tokenizers
+    import torch
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "machine": platform.machine(),
+    }
+
+
+def rebuild(
+    out: str | os.PathLike,
+    budget: str = "ship",
+    seed: int = 42,
+    corpus: str | os.PathLike | None = None,
+    corpus_size: str = "small",
+    corpus_seed: int = 0,
+    command: str | None = None,
+    parts: tuple[str, ...] = ("llm", "encoder"),
+    force: bool = True,
+) -> dict | None:
+    """Build corpus (if not given) and base models into `out`; write and return `out/base_models.json`.
+
+    With `force=False`, models already finished in `out/build` with the same budget and seed are kept
+    (so two processes can build `parts=("llm",)` and `("encoder",)` side by side, then a last call
+    collects them). Returns None when only one part was built.
+    """
+    from llava.demo.base_models.build import BUDGETS, build_all
+    from llava.demo.corpus import build_corpus
+
+    if budget not in BUDGETS:
+        raise ValueError(f"unknown budget {budget!r}; known: {sorted(BUDGETS)}")
+    if not BUDGETS[budget].deterministic:
+        raise ValueError(
+            f"budget {budget!r} is counted in seconds, not steps: its models are not reproducible"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    if corpus is None:
+        corpus = out / "corpus"
+        manifest = build_corpus(corpus, size=corpus_size, seed=corpus_seed, workers=1)
+    else:
+        corpus = Path(corpus)
+        manifest = json.loads((corpus / "manifest.json").read_text())
+    corpus_time = time.monotonic() - t0
+    with deterministic_torch():
+        report = build_all(corpus, out / "build", budget=budget, seed=seed, force=force, parts=parts)
+    if len(set(parts)) < 2:
+        return None
+    record = {
+        "command": command
+        or f"python -m llava.demo.base_models.ship --out DIR --budget {budget} --seed {seed}",
+        "budget": budget,
+        "seed": seed,
+        "corpus": {k: manifest.get(k) for k in ("format", "size", "seed")},
+        "versions": _versions(),
+        "build_time_s": {
+            "corpus": round(corpus_time, 1),
+            "llm": report["llm"].get("train_time_s"),
+            "encoder": report["encoder"].get("train_time_s"),
+            "total": round(time.monotonic() - t0, 1),
+        },
+        "figures": report["summary"],
+        "files": model_files(out / "build"),
+    }
+    (out / "base_models.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def install(
+    build_dir: str | os.PathLike,
+    record: dict,
+    models_dir: str | os.PathLike = MODELS_DIR,
+    record_path: str | os.PathLike = RECORD_PATH,
+) -> None:
+    """Replace the shipped models and record with those of `build_dir` (the rebuild's DIR/build)."""
+    models_dir, record_path = Path(models_dir), Path(record_path)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_NAMES:
+        if (models_dir / name).exists():
+            shutil.rmtree(models_dir / name)
+        shutil.copytree(
+            Path(build_dir) / name, models_dir / name, ignore=shutil.ignore_patterns(*EXCLUDED_FILES)
+        )
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    verify_models(models_dir, read_record(record_path))
+
+
+def main(argv: list[str] | None = None) -> int:
+    from llava.demo.base_models.build import BUDGETS
+    from llava.demo.corpus import SIZES
+
+    parser = argparse.ArgumentParser(
+        prog="python -m llava.demo.base_models.ship",
+        description="Rebuild the shipped tiny base models bit for bit (one thread, deterministic kernels).",
+    )
+    parser.add_argument("--out", required=True, help="work directory: corpus/, build/, base_models.json")
+    parser.add_argument(
+        "--budget",
+        default="ship",
+        choices=sorted(b for b, spec in BUDGETS.items() if spec.deterministic),
+        help="step-counted budget (default: ship, the shipped models; smoke: a quick check)",
+    )
+    parser.add_argument("--seed", type=int, default=42, help="training seed (default: 42)")
+    parser.add_argument("--corpus", default=None, help="an existing corpus directory (default: build one)")
+    parser.add_argument("--corpus-size", default="small", choices=sorted(SIZES), help="(default: small)")
+    parser.add_argument("--corpus-seed", type=int, default=0, help="(default: 0, the study's corpus)")
+    parser.add_argument(
+        "--check", action="store_true", help="compare with the shipped record; exit 1 if different"
+    )
+    parser.add_argument("--install", action="store_true", help="replace the shipped models with the rebuild")
+    parser.add_argument(
+        "--record",
+        default=str(RECORD_PATH),
+        help="the record --check compares with (default: the shipped one)",
+    )
+    parser.add_argument(
+        "--only", choices=["llm", "encoder"], default=None, help="build one model (run both side by side)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep models already finished in DIR/build (same budget and seed)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "python -m llava.demo.base_models.ship " + shlex.join(
+        a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--check", "--install", "--keep")
+    )
+    record = rebuild(
+        args.out,
+        budget=args.budget,
+        seed=args.seed,
+        corpus=args.corpus,
+        corpus_size=args.corpus_size,
+        corpus_seed=args.corpus_seed,
+        command=command,
+        parts=(args.only,) if args.only else ("llm", "encoder"),
+        force=not (args.keep or args.only),
+    )
+    if record is None:
+        print(f"built {args.only} in {Path(args.out) / 'build' / args.only}")
+        return 0
+    print(json.dumps({k: record[k] for k in ("build_time_s", "figures")}, indent=2))
+    status = 0
+    if args.check:
+        problems = compare_files(record["files"], read_record(args.record)["files"])
+        if problems:
+            print(f"rebuild differs from {args.record}:\n  " + "\n  ".join(problems), file=sys.stderr)
+            status = 1
+        else:
+            print(f"rebuild matches {args.record} ({len(record['files'])} files)")
+    if args.install:
+        install(Path(args.out) / "build", record)
+        print(f"installed into {MODELS_DIR}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llava.dataset.prompts import PromptBank
+from llava.demo.base_models import chats
+from llava.demo.base_models.chats import (
+    SYSTEM_PROMPT,
+    TaskText,
+    eval_conversations,
+    instructions,
+    read_task_texts,
+    text_topline,
+    training_conversations,
+    user_turn,
+)
+
+PROMPTS = PromptBank(
+    {
+        "ASR": {"en": ["Transcribe the audio.", "<audio>\nRepeat what is said."]},
+        "ST": {"en": ["Translate the audio into {target_language}."]},
+        "SQA": {"en": ["Listen to the audio and answer the question.\n{question}", "{question}\n<audio>"]},
+    }
+)
+PASSAGE = "Ana is a cook who lives in Rome. Ana has a black cat called Leo."
+ITEMS = [
+    TaskText("ASR", "The cat sleeps.", "The cat sleeps."),
+    TaskText("ST", "The cat sleeps.", "Die Katze schläft."),
+    TaskText("SQA", PASSAGE, "Leo", "What is the name of the cat?"),
+]
+
+
+def test_read_task_texts(tmp_path):
+    path = tmp_path / "lm_tasks.jsonl"
+    records = [
+        {"kind": "pair", "en": "A dog runs.", "de": "Ein Hund rennt."},
+        {"kind": "passage", "context": PASSAGE, "qas": [["Where does Ana live?", "Rome"], ["Who?", "Ana"]]},
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    items = read_task_texts(path)
+    assert items == [
+        TaskText("ASR", "A dog runs.", "A dog runs."),
+        TaskText("ST", "A dog runs.", "Ein Hund rennt."),
+        TaskText("SQA", PASSAGE, "Rome", "Where does Ana live?"),
+        TaskText("SQA", PASSAGE, "Ana", "Who?"),
+    ]
+    path.write_text(json.dumps({"kind": "poem"}) + "\n")
+    with pytest.raises(ValueError, match=r"lm_tasks.jsonl:1: unknown record kind 'poem'"):
+        read_task_texts(path)
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        read_task_texts(tmp_path / "missing.jsonl")
+
+
+def test_instructions_drop_placeholders():
+    assert instructions(PROMPTS, "ASR") == ["Transcribe the audio.", "Repeat what is said."]
+    assert instructions(PROMPTS, "ST") == ["Translate the audio into German."]
+    assert instructions(PROMPTS, "SQA") == ["Listen to the audio and answer the question.", ""]
+
+
+def test_user_turn_layouts():
+    asr, st, sqa = ITEMS
+    # The paper's layout: what the audio says first, then the instruction (SQA: and the question).
+    assert user_turn(asr, "original", PROMPTS) == "The cat sleeps.\nTranscribe the audio."
+    assert user_turn(st, "original", PROMPTS) == "The cat sleeps.\nTranslate the audio into German."
+    assert (
+        user_turn(sqa, "original", PROMPTS)
+        == PASSAGE + "\nListen to the audio and answer the question. What is the name of the cat?"
+    )
+    # Instruction first: where prompts.json puts <audio> (appended when the text has none).
+    assert user_turn(asr, "instruction_first", PROMPTS) == "Transcribe the audio.\nThe cat sleeps."
+    assert user_turn(asr, "instruction_first", PROMPTS, 1) == "The cat sleeps.\nRepeat what is said."
+    assert user_turn(sqa, "instruction_first", PROMPTS, 1) == "What is the name of the cat?\n" + PASSAGE
+    with pytest.raises(ValueError, match="unknown prompt layout 'sideways'"):
+        user_turn(asr, "sideways", PROMPTS)
+
+
+def test_training_conversations_cover_instructions_and_layouts():
+    convs = training_conversations(ITEMS * 40, PROMPTS, np.random.default_rng(0), copies=2)
+    assert len(convs) == 240
+    users = {c[-2]["content"] for c in convs}
+    for item in ITEMS:
+        for layout in chats.LAYOUTS:
+            for choice in range(len(instructions(PROMPTS, item.task))):
+                assert user_turn(item, layout, PROMPTS, choice) in users
+    for conv in convs:
+        assert conv[-1]["role"] == "assistant" and conv[-2]["role"] == "user"
+        assert conv[-1]["content"] in {it.target for it in ITEMS}
+        if conv[0]["role"] == "system":
+            assert conv[0]["content"] == SYSTEM_PROMPT
+    # Both with and without the system turn; the paper's layout always has it.
+    assert {len(c) for c in convs} == {2, 3}
+    assert all(
+        len(c) == 3 for c in convs if c[-2]["content"] in {user_turn(it, "original", PROMPTS) for it in ITEMS}
+    )
+    again = training_conversations(ITEMS * 40, PROMPTS, np.random.default_rng(0), copies=2)
+    assert again == convs
+
+
+def test_eval_conversations_are_the_study_prompts():
+    convs = eval_conversations(ITEMS, PROMPTS)
+    assert convs[2] == [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_turn(ITEMS[2], "original", PROMPTS)},
+    ]
+
+
+def test_text_topline_scores_replies(monkeypatch):
+    items = [
+        TaskText("ASR", "the cat sleeps", "the cat sleeps"),
+        TaskText("ASR", "a dog runs home", "a dog runs home"),
+        TaskText("SQA", PASSAGE, "Leo", "What is the name of the cat?"),
+        TaskText("SQA", PASSAGE, "a black cat", "Which animal?"),
+    ]
+    canned = {
+        "the cat sleeps": "the cat sleeps",
+        "a dog runs home": "a dog ran home",  # 1 substitution in 4 words
+        "What is the name of the cat?": "Leo.",  # exact after normalisation
+        "Which animal?": "black dog",  # 1 shared token of 2 (pred) / 2 (gold, article dropped)
+    }
+    seen = []
+
+    def fake_generate(model, tokenizer, conversations, max_new_tokens=64):
+        seen.extend(conversations)
+        out = []
+        for conv in conversations:
+            user = conv[-1]["content"]
+            out.append(next(v for k, v in canned.items() if k in user))
+        return out
+
+    monkeypatch.setattr("llava.demo.base_models.llm.generate_replies", fake_generate)
+    result = text_topline(None, None, items, PROMPTS)
+    assert result["ASR"]["paper_wer"] == pytest.approx(100 * (0 + 1 / 4) / 2)
+    assert result["SQA"]["exact_match"] == pytest.approx(50.0)
+    assert result["SQA"]["f1"] == pytest.approx(100 * (1.0 + 0.5) / 2)
+    assert "ST" not in result
+    assert all(c[0]["content"] == SYSTEM_PROMPT for c in seen)
