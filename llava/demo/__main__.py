@@ -1,4 +1,10 @@
-"""`python -m llava.demo [--smoke] [--seeds N] [--out DIR]`: the study in miniature, end to end."""
+"""`python -m llava.demo [--smoke] [--seeds N] [--out DIR] [--variants a,b]`: the study in miniature.
+
+Builds the synthetic corpus, loads the shipped tiny base models (or builds them), runs every
+pretraining variant through scripts/pretrain/*.sh, fine-tunes each on 10 % of the task data through
+scripts/finetune/*.sh, evaluates, fine-tunes the best variant once on 100 %, and writes
+results.md / results.json and plots. Finished phases are reused when the command is run again.
+"""
 
 from __future__ import annotations
 
@@ -10,30 +16,47 @@ import time
 from pathlib import Path
 
 from llava.demo.phases import PhaseError
-from llava.demo.pipeline import BUDGETS, VARIANTS, Study
+from llava.demo.pipeline import BUDGETS, DEFAULT_VARIANTS, VARIANTS, Study
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m llava.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m llava.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="the smallest run (CI): tiny corpus, a few steps")
-    p.add_argument("--seeds", type=int, default=1, help="repeat training with N seeds; report mean ± std")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
     p.add_argument("--out", default="outputs/demo", help="output directory (finished phases are reused)")
     p.add_argument(
-        "--variants", default=",".join(VARIANTS), help=f"comma-separated subset of {list(VARIANTS)}"
+        "--variants",
+        default=",".join(DEFAULT_VARIANTS),
+        help=f"comma-separated subset of {list(VARIANTS)}",
     )
+    p.add_argument("--no-full-data", action="store_true", help="skip the 100 %% run of the best variant")
+    p.add_argument("--base-models", default=None, help="use DIR/encoder and DIR/llm as the base models")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stdout)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
+    )
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
-        p.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        p.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
+    if args.seeds < 1:
+        p.error("--seeds must be >= 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(out).free / 1e9
     if free_gb < 2:
         print(f"error: only {free_gb:.1f} GB free under {out}; the study needs about 2 GB", file=sys.stderr)
         return 2
-    study = Study(out, BUDGETS["smoke" if args.smoke else "default"], list(range(args.seeds)), variants)
+    study = Study(
+        out,
+        BUDGETS["smoke" if args.smoke else "default"],
+        list(range(args.seeds)),
+        variants,
+        progress=not args.no_progress,
+        full_data=not args.no_full_data,
+        base_dir=Path(args.base_models) if args.base_models else None,
+    )
     t0 = time.perf_counter()
     try:
         study.run()

@@ -1,11 +1,21 @@
-"""Resumable phases: each writes into a temporary directory and is renamed into place when done,
-with a `DONE.json` marker, so a re-run reuses finished phases and never trusts a half-written one."""
+"""Resumable phases with a progress bar each.
+
+A phase writes into a temporary directory that is renamed into place when done, with a `DONE.json`
+marker, so a re-run reuses finished phases and never trusts a half-written one. A training run that
+diverges (non-finite loss) finishes its phase with `status: "diverged"` instead of failing the study:
+the divergence is a result, reported in the table, and a re-run does not retry it.
+
+Each running phase shows a tqdm bar (steps of a training run, utterances of an evaluation) with an
+ETA, and each finished phase logs one summary line: its name, wall time, headline numbers, and the
+study's elapsed time with an estimate of what is left.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,24 +23,112 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 logger = logging.getLogger("llava.demo")
 MARKER = "DONE.json"
+# What the training entry point prints when it stops on non-finite losses.
+DIVERGENCE_PATTERNS = ("NonFiniteLossError", "had a non-finite loss")
+# A tqdm counter "12/60 [" in a subprocess's output (the HF Trainer's step bar).
+_COUNTER = re.compile(r"(\d+)/(\d+) \[")
 
 
 class PhaseError(RuntimeError):
     """A phase failed; the message names it and points at its log."""
 
 
+class DivergedError(RuntimeError):
+    """A training run stopped on non-finite losses (a result, not a failure of the study)."""
+
+
 def is_done(path: Path) -> bool:
     return (path / MARKER).is_file()
 
 
-def run_phase(name: str, out: Path, work: Callable[[Path], dict | None], timings: dict[str, float]) -> Path:
-    """Run `work(tmp_dir)` unless `out` is already complete; returns `out`."""
+def phase_info(path: Path) -> dict:
+    """The DONE.json of a finished phase ({} when the phase has not finished)."""
+    return json.loads((path / MARKER).read_text()) if is_done(path) else {}
+
+
+def diverged(path: Path) -> bool:
+    return phase_info(path).get("status") == "diverged"
+
+
+class Tracker:
+    """Timings of the study's phases and a running estimate of the time left.
+
+    `plan` maps a phase kind (e.g. "pretrain") to how many phases of that kind the study runs; the
+    estimate of what is left multiplies the mean time per finished phase of each kind by the number
+    still to run (kinds not yet seen borrow the overall mean)."""
+
+    def __init__(self, plan: dict[str, int] | None = None, progress: bool = True) -> None:
+        self.plan = dict(plan or {})
+        self.progress = progress
+        self.timings: dict[str, float] = {}
+        self.kinds: dict[str, str] = {}
+        self.t0 = time.perf_counter()
+
+    def record(self, name: str, kind: str, seconds: float) -> None:
+        self.timings[name] = seconds
+        self.kinds[name] = kind
+
+    def remaining(self) -> float:
+        done: dict[str, list[float]] = {}
+        for name, secs in self.timings.items():
+            done.setdefault(self.kinds[name], []).append(secs)
+        overall = [s for v in done.values() for s in v]
+        fallback = sum(overall) / len(overall) if overall else 0.0
+        left = 0.0
+        for kind, count in self.plan.items():
+            seen = done.get(kind, [])
+            mean = sum(seen) / len(seen) if seen else fallback
+            left += max(0, count - len(seen)) * mean
+        return left
+
+    def bar(self, name: str, total: int | None, unit: str) -> tqdm:
+        return tqdm(
+            total=total,
+            desc=name,
+            unit=unit,
+            disable=not self.progress,
+            leave=False,
+            mininterval=1.0,
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+
+    def summary(self, name: str, seconds: float, info: dict, reused: bool = False) -> None:
+        """One log line for a finished (or reused) phase."""
+        status = info.get("status", "ok")
+        state = f"reused ({status})" if reused else status
+        headline = f" | {info['summary']}" if info.get("summary") else ""
+        logger.info(
+            "[%s] %s, %.0f s%s | this run: %.0f s elapsed, ~%.0f s left",
+            name,
+            state,
+            seconds,
+            headline,
+            time.perf_counter() - self.t0,
+            self.remaining(),
+        )
+
+
+def run_phase(
+    name: str,
+    out: Path,
+    work: Callable[[Path], dict | None],
+    tracker: Tracker,
+    kind: str | None = None,
+) -> Path:
+    """Run `work(tmp_dir)` unless `out` is already complete; returns `out`.
+
+    `work` returns extra fields for DONE.json ("summary": a headline for the log line). A
+    `DivergedError` from `work` finishes the phase with status "diverged" and the error's message."""
+    kind = kind or name
     if is_done(out):
-        info = json.loads((out / MARKER).read_text())
-        timings[name] = info.get("seconds", 0.0)
-        logger.info("[%s] reused (%s)", name, out)
+        info = phase_info(out)
+        tracker.record(name, kind, info.get("seconds", 0.0))
+        tracker.summary(name, info.get("seconds", 0.0), info, reused=True)
         return out
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
@@ -39,26 +137,57 @@ def run_phase(name: str, out: Path, work: Callable[[Path], dict | None], timings
     tmp.mkdir(parents=True)
     logger.info("[%s] running ...", name)
     t0 = time.perf_counter()
-    extra = work(tmp) or {}
+    try:
+        extra = work(tmp) or {}
+    except DivergedError as exc:
+        extra = {"status": "diverged", "reason": str(exc), "summary": f"diverged: {exc}"}
     seconds = time.perf_counter() - t0
-    (tmp / MARKER).write_text(json.dumps({"seconds": seconds, **extra}, indent=2) + "\n")
+    info = {"seconds": seconds, "status": "ok", **extra}
+    (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
-    timings[name] = seconds
-    logger.info("[%s] done in %.0f s", name, seconds)
+    tracker.record(name, kind, seconds)
+    tracker.summary(name, seconds, info)
     return out
 
 
-def run_command(name: str, cmd: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
-    """Run a subprocess with its output in `log_path`; a failure raises naming the phase and the log."""
+def run_command(
+    name: str,
+    cmd: list[str],
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    bar: tqdm | None = None,
+) -> None:
+    """Run a subprocess with its output in `log_path`.
+
+    With `bar`, tqdm counters "k/total [" whose total equals `bar.total` (the trainer's step bar) move
+    it. A failure raises `DivergedError` when the log shows the run stopped on non-finite losses,
+    `PhaseError` (naming the phase, the log and its tail) otherwise."""
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=full_env)
-    if proc.returncode != 0:
-        tail = log_path.read_text()[-2000:]
-        raise PhaseError(f"phase {name!r} failed (exit {proc.returncode}); log: {log_path}\n{tail}")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
+        assert proc.stdout is not None
+        pending = b""
+        while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
+            log.write(chunk)
+            if bar is None:
+                continue
+            pending = (pending + chunk)[-4096:]
+            counters = _COUNTER.findall(pending.decode("utf-8", "replace"))
+            steps = [int(k) for k, total in counters if bar.total and int(total) == bar.total]
+            if steps and steps[-1] > bar.n:
+                bar.update(steps[-1] - bar.n)
+        returncode = proc.wait()
+    if returncode != 0:
+        text = log_path.read_text(errors="replace")
+        if any(p in text for p in DIVERGENCE_PATTERNS):
+            last = [ln for ln in text.splitlines() if "non-finite" in ln][-1:]
+            raise DivergedError(
+                f"non-finite losses (log: {log_path}) {last[0][-300:] if last else ''}".strip()
+            )
+        raise PhaseError(f"phase {name!r} failed (exit {returncode}); log: {log_path}\n{text[-2000:]}")
 
 
 def python() -> str:

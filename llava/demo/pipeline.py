@@ -1,90 +1,145 @@
-"""The study, top to bottom: corpus -> base models -> stage 1 per variant -> stage 2 (10 %) per
-variant -> evaluation -> report. Every training run goes through the user-facing scripts."""
+"""The study, top to bottom: corpus -> base models -> per seed and variant: stage 1 -> alignment ->
+stage 2 on 10 % (with checkpoints for the learning curve) -> evaluation -> one 100 % run of the best
+variant -> report. Every training run goes through the user-facing scripts.
+
+Directory layout under the study's output directory (each phase directory ends with DONE.json):
+
+    corpus/  base/  feature_cache/
+    seed{s}/pretrain/{variant}   stage-1 projector (the "none" variant: a random one)
+    seed{s}/alignment/{variant}  speech->text R@1 per LLM layer of the stage-1 projector
+    seed{s}/finetune/{variant}   stage 2 on 10 % of the task data; checkpoint-{k}/ along the way
+    seed{s}/eval/{variant}       test-set scores (ASR/ST/SQA) and dev NLL per task at each step
+    full_data/{variant}/...      the best variant fine-tuned on 100 % (seed 0)
+    results.md results.json *.png
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import time
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava.demo.phases import python, run_command, run_phase
+from llava.demo.phases import Tracker, diverged, python, run_command, run_phase
 
 logger = logging.getLogger("llava.demo")
 REPO = Path(__file__).resolve().parents[2]
 
-# Variant name -> stage-1 script (None: no pretraining, the projector starts random in stage 2).
-VARIANTS: dict[str, str | None] = {
-    "none": None,
-    "asr": "pretrain-asr",
-    "contr-cos-emb": "pretrain-contr-cos-emb",
-    "contr-cos-all": "pretrain-contr-cos-all",
-    "contr-cos-all+asr": "pretrain-contr-cos-all+asr",
-    "mixed-nwp": "pretrain-mixed-nwp",
+
+# ------------------------------------------------------------------------------------- variants
+# The remedy for contr-cos-all's gradient imbalance (see `python -m llava.demo.diagnose gradients`):
+# projector outputs at the scale of the LLM's token embeddings, and the deeper layers' terms weighted
+# down so the embedding-layer term keeps a useful share of the gradient.
+FIX_PROJECTOR_FLAGS = ("--projector_output_norm", "rms_match")
+FIX_WEIGHT = 0.2  # weight of every layer above 0 in the fixed variant (layer 0 weighs 1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A pretraining variant: its stage-1 script and the flags it adds."""
+
+    label: str  # the name in tables and plots
+    script: str | None  # scripts/pretrain/<script>.sh; None: no stage 1 (random projector)
+    stage1_flags: tuple[str, ...] = ()  # added to stage 1 only
+    projector_flags: tuple[str, ...] = ()  # projector settings, passed to both stages
+    data: str = "pretrain_asr.yml"  # the corpus's stage-1 data config
+    fix_weights: bool = False  # down-weight the contrastive terms above layer 0 (FIX_WEIGHT)
+    finetune: bool = True  # run stage 2 and the evaluations (else stage 1 and alignment only)
+
+    def projector_options(self) -> dict:
+        """`projector_flags` as projector settings (for building a model in-process)."""
+        names = {"--projector_output_norm": "output_norm"}
+        flags = self.projector_flags
+        return {names[k]: v for k, v in zip(flags[::2], flags[1::2])}
+
+
+VARIANTS: dict[str, Variant] = {
+    "none": Variant("none", None),
+    "asr": Variant("asr", "pretrain-asr"),
+    "contr-cos-emb": Variant("contr-cos-emb", "pretrain-contr-cos-emb"),
+    "contr-cos-all": Variant("contr-cos-all (as paper)", "pretrain-contr-cos-all"),
+    "contr-cos-all-fixed": Variant(
+        "contr-cos-all (fixed)",
+        "pretrain-contr-cos-all",
+        projector_flags=FIX_PROJECTOR_FLAGS,
+        fix_weights=True,
+    ),
+    "contr-cos-all+asr": Variant("contr-cos-all+asr", "pretrain-contr-cos-all+asr"),
+    "mixed-nwp": Variant("mixed-nwp", "pretrain-mixed-nwp", data="pretrain_mixed.yml"),
+    "pos-shift": Variant(
+        "contr-cos-all (fixed) + pos-shift",
+        "pretrain-contr-cos-all-pos-shift",
+        projector_flags=FIX_PROJECTOR_FLAGS,
+        fix_weights=True,
+        finetune=False,
+    ),
 }
-MIXED_VARIANTS = {"mixed-nwp", "contr-cos-emb+mixed"}
+DEFAULT_VARIANTS = list(VARIANTS)
 EVAL_SETS = {"ASR": "eval_asr.yml", "ST": "eval_st.yml", "SQA": "eval_sqa.yml"}
 
 
-@dataclass
+# --------------------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
 class Budget:
     """How much work each phase does; `smoke` is for CI, `default` is the README's study."""
 
     corpus_size: str  # llava.demo.corpus --size
-    base_budget: str  # llava.demo.base_models.build --budget
+    base_budget: str  # llava.demo.base_models.build --budget (when no shipped models exist)
     pretrain_steps: int
     finetune_steps: int
     batch_size: int
-    learning_rate: float
-    eval_limit: int  # utterances per test set
-    diag_limit: int  # utterances for the alignment diagnostics
-    projector: list[str] = field(
-        default_factory=lambda: [
-            "--mm_qformer_hidden_size",
-            "128",
-            "--mm_qformer_num_heads",
-            "4",
-            "--mm_qformer_intermediate_size",
-            "512",
-            "--mm_qformer_num_hidden_layers",
-            "2",
-        ]  # fmt: skip
+    learning_rate: float  # stage 1
+    finetune_learning_rate: float  # stage 2
+    eval_limit: int  # test utterances per task (generation)
+    diag_limit: int  # test utterances for the alignment diagnostics
+    nll_limit: int  # dev rows per task for the teacher-forced NLL
+    curve_points: int  # stage-2 checkpoints measured for the learning curve
+    full_data_steps: int  # stage-2 steps of the 100 % run (0: no such run)
+    max_new_tokens: int = 48
+    projector: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 128,
+            "num_heads": 4,
+            "intermediate_size": 512,
+            "num_layers": 2,
+        }
     )
 
     def projector_options(self) -> dict:
-        """The projector flags as Q-Former settings (for in-process model building)."""
+        """The Q-Former settings (for in-process model building)."""
+        return dict(self.projector)
+
+    def projector_flags(self) -> list[str]:
         names = {
-            "--mm_qformer_hidden_size": "hidden_size",
-            "--mm_qformer_num_heads": "num_heads",
-            "--mm_qformer_intermediate_size": "intermediate_size",
-            "--mm_qformer_num_hidden_layers": "num_layers",
+            "hidden_size": "--mm_qformer_hidden_size",
+            "num_heads": "--mm_qformer_num_heads",
+            "intermediate_size": "--mm_qformer_intermediate_size",
+            "num_layers": "--mm_qformer_num_hidden_layers",
         }
-        return {names[k]: int(v) for k, v in zip(self.projector[::2], self.projector[1::2])}
+        return [x for k, v in self.projector.items() for x in (names[k], str(v))]
 
 
 BUDGETS = {
     "smoke": Budget(
-        "tiny",
-        "smoke",
-        pretrain_steps=4,
-        finetune_steps=4,
-        batch_size=4,
-        learning_rate=1e-3,
-        eval_limit=8,
-        diag_limit=16,
-    ),  # fmt: skip
+        "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
+        finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
+        full_data_steps=4, max_new_tokens=8,
+    ),
     "default": Budget(
-        "small",
-        "small",
-        pretrain_steps=100,
-        finetune_steps=60,
-        batch_size=8,
-        learning_rate=1e-3,
-        eval_limit=48,
-        diag_limit=96,
-    ),  # fmt: skip
-}
+        "small", "small", pretrain_steps=100, finetune_steps=60, batch_size=8, learning_rate=1e-3,
+        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=48, curve_points=4,
+        full_data_steps=120,
+    ),
+}  # fmt: skip
+
+
+def _supported_training_flags() -> set[str]:
+    """Flag names the training entry point accepts (newer options are used only when present)."""
+    from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
+
+    return {f.name for cls in (ModelArguments, DataArguments, LossArguments, TrainingArguments) for f in dataclasses.fields(cls)}  # fmt: skip
 
 
 @dataclass
@@ -93,56 +148,105 @@ class Study:
     budget: Budget
     seeds: list[int]
     variants: list[str]
-    timings: dict[str, float] = field(default_factory=dict)
+    progress: bool = True
+    full_data: bool = True
+    base_dir: Path | None = None  # use these base models (encoder/, llm/) instead of shipped/built ones
+    tracker: Tracker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+        n = len(self.seeds)
+        tuned = sum(VARIANTS[v].finetune for v in self.variants)
+        full = int(self.full_data and self.budget.full_data_steps > 0 and tuned > 0)
+        self.tracker = Tracker(
+            {
+                "pretrain": n * len(self.variants),
+                "alignment": n * len(self.variants),
+                "finetune": n * tuned + full,
+                "eval": n * tuned + full,
+                "cache": 1,
+            },
+            progress=self.progress,
+        )
+        self._flags: set[str] | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out / "feature_cache"
+
+    def _supports(self, flag: str) -> bool:
+        if self._flags is None:
+            self._flags = _supported_training_flags()
+        return flag in self._flags
 
     # ----------------------------------------------------------------------------- shared phases
     def corpus(self) -> Path:
         """The synthesiser writes absolute paths into its configs, so it builds in place; it is
         itself resumable (a finished corpus is found by its manifest, files are written atomically)."""
         path = self.out / "corpus"
-        t0 = time.perf_counter()
-        run_command(
-            "corpus",
-            [
-                python(),
-                "-m",
-                "llava.demo.corpus",
-                "--out",
-                str(path),
-                "--size",
-                self.budget.corpus_size,
-                "--seed",
-                "0",
-            ],
-            self.out / "corpus.log",
-        )
-        self.timings["corpus"] = json.loads((path / "manifest.json").read_text()).get(
-            "build_seconds", time.perf_counter() - t0
+        bar = self.tracker.bar("corpus", None, "s")
+        cmd = [python(), "-m", "llava.demo.corpus", "--out", str(path), "--size", self.budget.corpus_size]
+        run_command("corpus", [*cmd, "--seed", "0"], self.out / "corpus.log", bar=bar)
+        bar.close()
+        manifest = json.loads((path / "manifest.json").read_text())
+        self.tracker.record("corpus", "corpus", manifest.get("build_seconds", 0.0))
+        self.tracker.summary(
+            "corpus", manifest.get("build_seconds", 0.0), {"summary": str(manifest.get("counts"))}
         )
         return path
 
     def base_models(self, corpus: Path) -> Path:
+        """The shipped base models when the package has them (checked against their recorded
+        hashes), else built from the corpus with the builder."""
+
+        if self.base_dir is not None:
+            given = Path(self.base_dir).resolve()
+            missing = [d for d in ("encoder", "llm") if not (given / d).is_dir()]
+            if missing:
+                raise ValueError(f"--base-models {given}: no {' or '.join(missing)} directory inside")
+            self.tracker.summary("base models", 0.0, {"summary": f"given: {given}"})
+            return given
+
         def work(tmp: Path) -> dict:
-            run_command(
-                "base models",
-                [
-                    python(),
-                    "-m",
-                    "llava.demo.base_models.build",
-                    "--corpus",
-                    str(corpus),
-                    "--out",
-                    str(tmp),
-                    "--budget",
-                    self.budget.base_budget,
-                ],  # fmt: skip
-                self.out / "base_models.log",
-            )
-            return json.loads((tmp / "report.json").read_text())
+            shipped = _shipped_base_models()
+            if shipped is not None:
+                shipped(tmp)
+                report = tmp / "report.json"
+                info = json.loads(report.read_text()) if report.is_file() else {}
+                return {"source": "shipped", "report": info, "summary": "shipped base models"}
+            cmd = [python(), "-m", "llava.demo.base_models.build", "--corpus", str(corpus), "--out", str(tmp)]
+            bar = self.tracker.bar("base models", None, "s")
+            run_command("base models", [*cmd, "--budget", self.budget.base_budget], self.out / "base_models.log", bar=bar)  # fmt: skip
+            bar.close()
+            info = json.loads((tmp / "report.json").read_text())
+            return {"source": "built", "report": info, "summary": f"built ({self.budget.base_budget})"}
 
-        return run_phase("base models", self.out / "base", work, self.timings)
+        return run_phase("base models", self.out / "base", work, self.tracker, kind="base")
 
-    # ----------------------------------------------------------------------------- per seed / variant
+    def fill_cache(self, base: Path, corpus: Path) -> Path | None:
+        """Encode every utterance of the corpus once, with one process per core, into the frozen-feature
+        cache that every training run and evaluation then reads (the encoder is most of a step's cost)."""
+        if self._cache() is None:
+            return None
+
+        def work(tmp: Path) -> dict:
+            workers = str(max(1, min(2, os.cpu_count() or 1)))
+            configs = ["finetune_mixed.yml", "eval_asr.yml", "eval_sqa.yml"]
+            bar = self.tracker.bar("feature cache", len(configs), "config")
+            for config in configs:
+                cmd = [python(), "-m", "llava.model.feature_cache", "--data_config", str(corpus / "configs" / config),
+                       "--audio_encoder", str(base / "encoder"), "--out", str(self.cache_dir), "--workers", workers]  # fmt: skip
+                run_command("feature cache", cmd, tmp / f"fill_{Path(config).stem}.log")
+                bar.update(1)
+            bar.close()
+            return {"summary": f"{self.cache_dir} ({workers} processes)"}
+
+        return run_phase("feature cache", self.out / "feature_cache_fill", work, self.tracker, kind="cache")
+
+    # ----------------------------------------------------------------------------- training runs
     def _env(self, base: Path, data_config: Path, output: Path, **extra: str) -> dict[str, str]:
         return {
             "MODEL_PATH": str(base / "llm"),
@@ -153,129 +257,206 @@ class Study:
             **extra,
         }
 
-    def _train_args(self, steps: int, seed: int) -> list[str]:
+    def _train_args(self, steps: int, seed: int, lr: float, variant: Variant) -> list[str]:
         b = self.budget
-        return [
+        args = [
             "--max_steps", str(steps), "--per_device_train_batch_size", str(b.batch_size),
-            "--gradient_accumulation_steps", "1", "--learning_rate", str(b.learning_rate),
-            "--save_strategy", "no", "--logging_steps", "5", "--report_to", "tensorboard",
-            "--disable_tqdm", "True", "--dataloader_num_workers", "0", "--seed", str(seed), *b.projector,
+            "--gradient_accumulation_steps", "1", "--learning_rate", str(lr), "--logging_steps", "5",
+            "--report_to", "none", "--disable_tqdm", "False", "--dataloader_num_workers", "0",
+            "--seed", str(seed), *b.projector_flags(), *variant.projector_flags,
         ]  # fmt: skip
+        if self._supports("audio_feature_cache"):
+            args += ["--audio_feature_cache", str(self.cache_dir)]
+        return args
 
-    def pretrain(self, variant: str, seed: int, base: Path, corpus: Path) -> Path:
-        script = VARIANTS[variant]
-        name = f"seed{seed}/pretrain/{variant}"
+    def _layer_weights(self, base: Path) -> list[str]:
+        from transformers import AutoConfig
 
-        def work(tmp: Path) -> None:
-            if script is None:
-                self._random_projector(base, tmp, seed)
-                return
-            config = (
-                corpus
-                / "configs"
-                / ("pretrain_mixed.yml" if variant in MIXED_VARIANTS else "pretrain_asr.yml")
-            )
-            run_command(
-                name,
-                [
-                    "bash",
-                    str(REPO / "scripts" / "pretrain" / f"{script}.sh"),
-                    *self._train_args(self.budget.pretrain_steps, seed),
-                ],  # fmt: skip
-                tmp / "train.log",
-                env=self._env(base, config, tmp),
-            )
+        from llava.model.layers import resolve_layers
 
-        return run_phase(name, self.out / name, work, self.timings)
+        layers = resolve_layers("all", AutoConfig.from_pretrained(base / "llm").num_hidden_layers)
+        spec = ",".join(f"{k}:{1.0 if k == 0 else FIX_WEIGHT:g}" for k in layers)
+        return ["--contrastive_layer_weights", spec]
 
-    def _random_projector(self, base: Path, out: Path, seed: int) -> None:
-        """The "no pretraining" starting point, saved like any stage-1 checkpoint."""
+    def _train(self, name: str, script: Path, args: list[str], env: dict, tmp: Path, steps: int) -> dict:
+        bar = self.tracker.bar(name, steps, "step")
+        try:
+            run_command(name, ["bash", str(script), *args], tmp / "train.log", env=env, bar=bar)
+        finally:
+            bar.close()
+        return _training_summary(tmp)
+
+    def pretrain(self, key: str, seed: int, base: Path, corpus: Path) -> Path:
+        variant = VARIANTS[key]
+        name = f"seed{seed}/pretrain/{key}"
+
+        def work(tmp: Path) -> dict | None:
+            if variant.script is None:
+                self._random_projector(base, tmp, seed, variant)
+                return {"summary": "random projector"}
+            args = self._train_args(self.budget.pretrain_steps, seed, self.budget.learning_rate, variant)
+            args += ["--save_strategy", "no", *variant.stage1_flags]
+            if variant.fix_weights:
+                args += self._layer_weights(base)
+            env = self._env(base, corpus / "configs" / variant.data, tmp)
+            script = REPO / "scripts" / "pretrain" / f"{variant.script}.sh"
+            return self._train(name, script, args, env, tmp, self.budget.pretrain_steps)
+
+        return run_phase(name, self.out / name, work, self.tracker, kind="pretrain")
+
+    def _random_projector(self, base: Path, out: Path, seed: int, variant: Variant) -> None:
+        """The "no pretraining" starting point, saved like any stage-1 checkpoint (stage 2 of this
+        variant starts from its own seeded random projector; this one gives the step-0 measurements)."""
         import torch
 
         from llava.model import apply_training_mode, build_model, save_trainable
-        from llava.train.arguments import ModelArguments
-        from llava.train.train import parse_args
 
-        model_args: ModelArguments = parse_args(["--output_dir", str(out), *self.budget.projector])[0]
         torch.manual_seed(seed)
         model, _ = build_model(
             str(base / "encoder"),
             str(base / "llm"),
-            projector_type=model_args.mm_speech_projector_type,
-            projector_config=model_args.projector_config(),
+            projector_type="qformer",
+            projector_config={**self.budget.projector_options(), **variant.projector_options()},
         )
         save_trainable(apply_training_mode(model), out)
 
-    def finetune(self, variant: str, seed: int, base: Path, corpus: Path, pretrained: Path) -> Path:
-        name = f"seed{seed}/finetune/{variant}"
+    def finetune(self, key: str, seed: int, base: Path, corpus: Path, pretrained: Path, full: bool = False) -> Path:  # fmt: skip
+        variant = VARIANTS[key]
+        name = f"full_data/{key}/finetune" if full else f"seed{seed}/finetune/{key}"
+        steps = self.budget.full_data_steps if full else self.budget.finetune_steps
 
-        def work(tmp: Path) -> None:
-            args = self._train_args(self.budget.finetune_steps, seed)
-            if VARIANTS[variant] is None:
-                script, env_extra = "finetune_no_pretraining_100%", {}
-                args += ["--data_subset", "0.1"]  # the same 10 % as every other variant
+        def work(tmp: Path) -> dict:
+            from llava.demo.curves import curve_every
+
+            args = self._train_args(steps, seed, self.budget.finetune_learning_rate, variant)
+            every = curve_every(steps, self.budget.curve_points)
+            args += ["--save_strategy", "steps", "--save_steps", str(every), "--save_total_limit", "1000"]
+            env_extra: dict[str, str] = {}
+            if variant.script is None:
+                script = "finetune_no_pretraining_100%"
+                args += ["--data_subset", "1.0" if full else "0.1"]  # the same subset as every variant
             else:
-                script, env_extra = "finetune_mixed_tasks_10%", {"PRETRAINED_PROJECTOR": str(pretrained)}
-            run_command(
-                name,
-                ["bash", str(REPO / "scripts" / "finetune" / f"{script}.sh"), *args],
-                tmp / "train.log",
-                env=self._env(base, corpus / "configs" / "finetune_mixed.yml", tmp, **env_extra),
-            )
+                script = "finetune_mixed_tasks_100%" if full else "finetune_mixed_tasks_10%"
+                env_extra["PRETRAINED_PROJECTOR"] = str(pretrained)
+            env = self._env(base, corpus / "configs" / "finetune_mixed.yml", tmp, **env_extra)
+            return self._train(name, REPO / "scripts" / "finetune" / f"{script}.sh", args, env, tmp, steps)
 
-        return run_phase(name, self.out / name, work, self.timings)
+        return run_phase(name, self.out / name, work, self.tracker, kind="finetune")
 
-    def evaluate(self, variant: str, seed: int, corpus: Path, model_dir: Path) -> Path:
-        """The same `evaluate` as `llava/eval/eval.py`, in-process: one model load for all test sets."""
-        name = f"seed{seed}/eval/{variant}"
-
-        def work(tmp: Path) -> None:
-            from llava.eval.eval import evaluate
-            from llava.eval.generation import GenerationSettings
-            from llava.model import load_pretrained_model
-
-            model, tokenizer = load_pretrained_model(model_dir)
-            for task, config in EVAL_SETS.items():
-                evaluate(
-                    model,
-                    tokenizer,
-                    corpus / "configs" / config,
-                    tmp / task,
-                    settings=GenerationSettings(max_new_tokens=40),
-                    batch_size=16,
-                    limit=self.budget.eval_limit,
-                    model_path=str(model_dir),
-                    progress=False,
-                )
-
-        return run_phase(name, self.out / name, work, self.timings)
-
-    def diagnose(self, variant: str, seed: int, corpus: Path, pretrained: Path) -> Path:
-        """Layer-wise speech/text alignment of the stage-1 projector (before any fine-tuning)."""
-        name = f"seed{seed}/alignment/{variant}"
+    # ----------------------------------------------------------------------------- measurements
+    def alignment(self, key: str, seed: int, corpus: Path, pretrained: Path) -> Path:
+        """Speech->text alignment per layer of the stage-1 projector (before any fine-tuning)."""
+        name = f"seed{seed}/alignment/{key}"
 
         def work(tmp: Path) -> dict:
             from llava.demo.diagnose import alignment_of_checkpoint
 
-            return alignment_of_checkpoint(
-                pretrained, corpus / "configs" / "eval_asr.yml", tmp, self.budget.diag_limit
+            result = alignment_of_checkpoint(
+                pretrained, corpus / "configs" / "eval_asr.yml", tmp, self.budget.diag_limit, self._cache()
+            )
+            r1 = {k: 100 * v["r1_speech2text"] for k, v in result["layers"].items()}
+            return {**result, "summary": "R@1 " + " ".join(f"L{k}={v:.0f}" for k, v in r1.items())}
+
+        return run_phase(name, self.out / name, work, self.tracker, kind="alignment")
+
+    def _cache(self) -> Path | None:
+        """The shared feature-cache directory, when this version has the cache (training flag too)."""
+        try:
+            import llava.model.feature_cache  # noqa: F401
+        except ImportError:
+            return None
+        return self.cache_dir if self._supports("audio_feature_cache") else None
+
+    def evaluate(self, key: str, seed: int, corpus: Path, pretrained: Path, finetuned: Path, full: bool = False) -> Path:  # fmt: skip
+        """Test-set scores of the final model and dev NLL per task along stage 2 (in-process)."""
+        name = f"full_data/{key}/eval" if full else f"seed{seed}/eval/{key}"
+        steps = self.budget.full_data_steps if full else self.budget.finetune_steps
+
+        def work(tmp: Path) -> dict:
+            from llava.demo.evaluation import evaluate_run
+
+            return evaluate_run(
+                tmp, corpus, pretrained, finetuned, steps, self.budget, self._cache(), self.tracker, name
             )
 
-        return run_phase(name, self.out / name, work, self.timings)
+        return run_phase(name, self.out / name, work, self.tracker, kind="eval")
 
     # ----------------------------------------------------------------------------- the whole study
     def run(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
         corpus = self.corpus()
         base = self.base_models(corpus)
+        self.fill_cache(base, corpus)
         runs: dict[int, dict[str, dict[str, Path]]] = {}
         for seed in self.seeds:
             runs[seed] = {}
-            for variant in self.variants:
-                pre = self.pretrain(variant, seed, base, corpus)
-                diag = self.diagnose(variant, seed, corpus, pre)
-                ft = self.finetune(variant, seed, base, corpus, pre)
-                ev = self.evaluate(variant, seed, corpus, ft)
-                runs[seed][variant] = {"pretrain": pre, "alignment": diag, "finetune": ft, "eval": ev}
+            for key in self.variants:
+                runs[seed][key] = self._chain(key, seed, base, corpus)
+        full = self._full_data(runs, base, corpus)
         from llava.demo.report import write_report
 
-        return write_report(self.out, runs, base, self.timings)
+        return write_report(self.out, runs, full, base, self.tracker, self.budget)
+
+    def _chain(self, key: str, seed: int, base: Path, corpus: Path) -> dict[str, Path]:
+        dirs = {"pretrain": self.pretrain(key, seed, base, corpus)}
+        if diverged(dirs["pretrain"]):
+            return dirs
+        dirs["alignment"] = self.alignment(key, seed, corpus, dirs["pretrain"])
+        if not VARIANTS[key].finetune:
+            return dirs
+        dirs["finetune"] = self.finetune(key, seed, base, corpus, dirs["pretrain"])
+        if diverged(dirs["finetune"]):
+            return dirs
+        dirs["eval"] = self.evaluate(key, seed, corpus, dirs["pretrain"], dirs["finetune"])
+        return dirs
+
+    def _full_data(self, runs, base: Path, corpus: Path) -> dict | None:
+        """One 100 % run (first seed) of the variant with the lowest mean dev NLL at 10 %."""
+        if not self.full_data or self.budget.full_data_steps <= 0:
+            return None
+        from llava.demo.report import best_variant
+
+        key = best_variant(runs)
+        if key is None:
+            return None
+        seed = self.seeds[0]
+        pre = runs[seed][key]["pretrain"]
+        ft = self.finetune(key, seed, base, corpus, pre, full=True)
+        if diverged(ft):
+            return {"variant": key, "finetune": ft}
+        ev = self.evaluate(key, seed, corpus, pre, ft, full=True)
+        return {"variant": key, "finetune": ft, "eval": ev}
+
+
+def _shipped_base_models():
+    """`shipped_base_models(dest)` when this version ships base models (its hash record exists);
+    it copies them to `dest` after checking every file's hash, and refuses altered files."""
+    try:
+        from llava.demo.base_models import shipped
+    except ImportError:
+        return None
+    record = getattr(shipped, "RECORD_PATH", None)
+    if record is None or not Path(record).is_file():
+        return None
+    return shipped.shipped_base_models
+
+
+def _training_summary(run_dir: Path) -> dict:
+    """Headline of a finished training run from its trainer_state.json: final loss and terms."""
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    history = json.loads(path.read_text()).get("log_history", [])
+    logs = [h for h in history if "loss" in h]
+    if not logs:
+        return {}
+    last = logs[-1]
+    info = {
+        "final_loss": last["loss"],
+        "nonfinite_steps": max((h.get("nonfinite_steps", 0) for h in history), default=0),
+    }
+    terms = {k: v for k, v in last.items() if k.startswith(("contrastive_layer_", "nwp"))}
+    summary = f"step {last.get('step')} loss {last['loss']:.3f}"
+    if info["nonfinite_steps"]:
+        summary += f", {info['nonfinite_steps']} non-finite steps skipped"
+    return {**info, "final_terms": terms, "summary": summary}

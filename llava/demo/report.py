@@ -1,136 +1,299 @@
-"""Results table (markdown + JSON) and plots of the study."""
+"""Results of the study: per-seed values collected from the phase directories, cells as mean ± 95 %
+t-interval, pairwise tests between variants, the full-data share, wall times; markdown + JSON + plots.
+
+A (seed, variant) whose training diverged keeps its place: its values are NaN, and each cell says how
+many seeds diverged.
+"""
 
 from __future__ import annotations
 
 import json
-import statistics
+import math
+import os
+import platform
 from pathlib import Path
 
-from matplotlib.figure import Figure
+from llava.demo.evaluation import METRICS
+from llava.demo.phases import Tracker, diverged, phase_info
+from llava.demo.stats import compare, holm, mean_ci
 
-# (column title, task, score key, higher is better)
-METRICS = [
-    ("ASR WER", "ASR", "wer", False),
-    ("ST BLEU", "ST", "bleu", True),
-    ("ST chrF", "ST", "chrf", True),
-    ("SQA F1", "SQA", "f1", True),
-    ("SQA EM", "SQA", "exact_match", True),
-]
+NAN = math.nan
+TASKS = ("ASR", "ST", "SQA")
+PRIMARY = "dev NLL (mean)"  # the metric that picks the best variant and leads the significance section
 
 
-def _scores(eval_dir: Path, task: str) -> dict:
-    files = sorted((eval_dir / task).glob("*_scores.json"))
-    if len(files) != 1:
-        raise FileNotFoundError(f"{eval_dir / task}: expected one *_scores.json, found {len(files)}")
-    return json.loads(files[0].read_text())
+def _labels() -> dict[str, str]:
+    from llava.demo.pipeline import VARIANTS
+
+    return {k: v.label for k, v in VARIANTS.items()}
 
 
-def _alignment(diag_dir: Path) -> dict[int, dict]:
-    layers = json.loads((diag_dir / "DONE.json").read_text())["layers"]
-    return {int(k): v for k, v in layers.items()}
+def _mean_nll(point: dict) -> float:
+    vals = [point[t]["nll"] for t in TASKS if t in point]
+    return sum(vals) / len(vals) if vals and all(math.isfinite(v) for v in vals) else NAN
 
 
-def _history(run_dir: Path) -> list[dict]:
-    path = run_dir / "trainer_state.json"
-    return json.loads(path.read_text())["log_history"] if path.is_file() else []
+# ------------------------------------------------------------------------------------- collection
+def collect(runs: dict[int, dict[str, dict[str, Path]]]) -> dict[str, dict]:
+    """variant -> {"metrics": {column: {seed: value}}, "curve": {step: {column: {seed: value}}},
+    "r1": {layer: {seed: value}}, "stage1": {seed: {term: value}}, "diverged": {seed: phase}}."""
+    data: dict[str, dict] = {}
+    for seed, seed_runs in runs.items():
+        for key, dirs in seed_runs.items():
+            row = data.setdefault(key, {"metrics": {}, "curve": {}, "r1": {}, "stage1": {}, "diverged": {}})
+            for phase, path in dirs.items():
+                if diverged(path):
+                    row["diverged"][seed] = phase
+            pre = phase_info(dirs["pretrain"])
+            row["stage1"][seed] = {"loss": pre.get("final_loss", NAN), **pre.get("final_terms", {})}
+            if "alignment" in dirs:
+                for layer, m in phase_info(dirs["alignment"]).get("layers", {}).items():
+                    row["r1"].setdefault(int(layer), {})[seed] = 100 * m["r1_speech2text"]
+            from llava.demo.pipeline import VARIANTS
+
+            if not VARIANTS[key].finetune:
+                continue
+            ev = phase_info(dirs["eval"]) if "eval" in dirs else {}
+            for title, *_ in METRICS:
+                value = ev.get("metrics", {}).get(title)
+                row["metrics"].setdefault(title, {})[seed] = NAN if value is None else value
+            curve = ev.get("curve", {})
+            steps = sorted(int(s) for s in curve) or [0]
+            for step in steps:
+                point = curve.get(str(step), {})
+                cells = row["curve"].setdefault(step, {})
+                for t in TASKS:
+                    cells.setdefault(f"dev NLL {t}", {})[seed] = point.get(t, {}).get("nll", NAN)
+                cells.setdefault(PRIMARY, {})[seed] = _mean_nll(point) if point else NAN
+            final = row["curve"][max(row["curve"])]
+            for column, values in final.items():
+                row["metrics"].setdefault(column, {})[seed] = values.get(seed, NAN)
+    return data
 
 
-def _fmt(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.1f}"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+def best_variant(runs: dict[int, dict[str, dict[str, Path]]]) -> str | None:
+    """The pretrained variant (not "none") with the lowest mean final dev NLL over seeds."""
+    data = collect(runs)
+    scored = {
+        k: mean_ci(list(row["metrics"].get(PRIMARY, {}).values())).mean
+        for k, row in data.items()
+        if k != "none" and PRIMARY in row["metrics"]
+    }
+    scored = {k: v for k, v in scored.items() if math.isfinite(v)}
+    return min(scored, key=scored.get) if scored else None
 
 
-def collect(runs: dict[int, dict[str, dict[str, Path]]]) -> dict[str, dict[str, list[float]]]:
-    """variant -> metric -> one value per seed."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for seed_runs in runs.values():
-        for variant, dirs in seed_runs.items():
-            row = table.setdefault(variant, {})
-            for title, task, key, _ in METRICS:
-                row.setdefault(title, []).append(float(_scores(dirs["eval"], task)[key]))
-            align = _alignment(dirs["alignment"])
-            first, last = min(align), max(align)
-            row.setdefault("R@1 L0", []).append(100 * align[first]["r1_speech2text"])
-            row.setdefault(f"R@1 L{last}", []).append(100 * align[last]["r1_speech2text"])
-    return table
+# ---------------------------------------------------------------------------------------- markdown
+def _cell(values: dict[int, float], digits: int = 1) -> str:
+    return mean_ci(list(values.values())).format(digits)
 
 
-def markdown_table(table: dict[str, dict[str, list[float]]], seeds: int) -> str:
-    columns = list(next(iter(table.values())))
-    arrows = {title: ("↑" if up else "↓") for title, _, _, up in METRICS}
-    head = "| pretraining | " + " | ".join(f"{c} {arrows.get(c, '↑')}" for c in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 1)]
-    for variant, row in table.items():
-        lines.append(f"| {variant} | " + " | ".join(_fmt(row[c]) for c in columns) + " |")
-    note = f"mean ± std over {seeds} seeds" if seeds > 1 else "one seed"
+def main_table(data: dict[str, dict], n_seeds: int) -> str:
+    labels = _labels()
+    up = {title: higher for title, _, _, higher in METRICS}
+    columns = ["ASR WER", "ST BLEU", "SQA F1", *(f"dev NLL {t}" for t in TASKS), PRIMARY]
+    tuned = [k for k, row in data.items() if row["metrics"]]
+    layers = sorted({layer for row in data.values() for layer in row["r1"]})
+    r1_cols = [layers[0], layers[-1]] if layers else []
+    head = ["pretraining"] + [f"{c} {'↑' if up.get(c, False) else '↓'}" for c in columns]
+    head += [f"R@1 L{k} ↑" for k in r1_cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in tuned:
+        row = data[key]
+        cells = [_cell(row["metrics"].get(c, {}), 3 if "NLL" in c else 1) for c in columns]
+        cells += [_cell(row["r1"].get(k, {})) for k in r1_cols]
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     lines.append(
-        f"\nAll scores in percent ({note}). R@1: speech→text retrieval among the test utterances by "
-        "mean-pooled LLM states of the stage-1 projector, at the embedding layer (L0) and the last layer."
+        f"\nMean ± 95 % t-interval over {n_seeds} seed(s); a diverged seed stays in the count and is "
+        "named in its cell. WER/BLEU/F1 in percent on the test sets; dev NLL = teacher-forced negative "
+        "log-likelihood per target token (nats) after stage 2; R@1 = speech→text retrieval of the stage-1 "
+        "projector at the embedding layer (L0) and the last layer."
     )
     return "\n".join(lines)
 
 
-def plot_curves(runs, path: Path) -> None:
-    fig = Figure(figsize=(11, 4))
-    axes = fig.subplots(1, 2)
-    seed_runs = runs[min(runs)]
-    for ax, stage in zip(axes, ("pretrain", "finetune")):
-        for variant, dirs in seed_runs.items():
-            hist = [h for h in _history(dirs[stage]) if "loss" in h]
-            if hist:
-                ax.plot([h["step"] for h in hist], [h["loss"] for h in hist], label=variant)
-        ax.set_title(f"stage {1 if stage == 'pretrain' else 2}: training loss")
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def layer_table(data: dict[str, dict]) -> str:
+    labels = _labels()
+    layers = sorted({layer for row in data.values() for layer in row["r1"]})
+    lines = ["| stage 1 | " + " | ".join(f"L{k}" for k in layers) + " |", "|" + "---|" * (len(layers) + 1)]
+    for key, row in data.items():
+        lines.append(f"| {labels[key]} | " + " | ".join(_cell(row["r1"].get(k, {})) for k in layers) + " |")
+    return "\n".join(lines)
 
 
-def plot_retrieval(runs, path: Path) -> None:
-    fig = Figure(figsize=(6, 4))
-    ax = fig.subplots()
-    for variant in runs[min(runs)]:
-        per_seed = [_alignment(seed_runs[variant]["alignment"]) for seed_runs in runs.values()]
-        layers = sorted(per_seed[0])
-        r1 = [statistics.mean(100 * a[layer]["r1_speech2text"] for a in per_seed) for layer in layers]
-        ax.plot(layers, r1, marker="o", label=variant)
-    ax.set_xlabel("LLM layer (0 = embeddings)")
-    ax.set_ylabel("speech→text R@1 (%)")
-    ax.set_title("alignment after stage 1")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def curve_table(data: dict[str, dict]) -> str:
+    labels = _labels()
+    steps = sorted({s for row in data.values() for s in row["curve"]})
+    lines = ["| variant | " + " | ".join(f"step {s}" for s in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    for key, row in data.items():
+        if row["curve"]:
+            cells = [_cell(row["curve"].get(s, {}).get(PRIMARY, {}), 3) for s in steps]
+            lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def plot_downstream(table, path: Path) -> None:
-    titles = [t for t, _, _, _ in METRICS]
-    fig = Figure(figsize=(3.2 * len(titles), 3.6))
-    axes = fig.subplots(1, len(titles))
-    variants = list(table)
-    for ax, title in zip(axes, titles):
-        means = [statistics.mean(table[v][title]) for v in variants]
-        errs = [statistics.stdev(table[v][title]) if len(table[v][title]) > 1 else 0 for v in variants]
-        ax.bar(range(len(variants)), means, yerr=errs, color=[f"C{i}" for i in range(len(variants))])
-        ax.set_xticks(range(len(variants)), variants, rotation=60, ha="right", fontsize=7)
-        ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def significance(data: dict[str, dict], columns: list[str]) -> tuple[str, str, list[dict]]:
+    """Every pair of fine-tuned variants on each column: paired-by-seed t-test, Holm-adjusted over
+    the pairs of that column. Returns (summary markdown, full markdown, records): the summary has every
+    pair of the first column and the significant pairs of the others; the full one every pair."""
+    labels = _labels()
+    tuned = [k for k, row in data.items() if row["metrics"]]
+    pairs = [(a, b) for i, a in enumerate(tuned) for b in tuned[i + 1 :]]
+    records: list[dict] = []
+    head = ["| A | B | A − B (95 % CI) | p | p (Holm) | significant at 0.05 |", "|---|---|---|---|---|---|"]
+    summary: list[str] = []
+    full: list[str] = []
+    for n, column in enumerate(columns):
+        results = [
+            compare(data[a]["metrics"].get(column, {}), data[b]["metrics"].get(column, {})) for a, b in pairs
+        ]
+        adjusted = holm([r.p for r in results])
+        digits = 3 if "NLL" in column else 1
+        rows, significant = [], []
+        for (a, b), r, p_adj in zip(pairs, results, adjusted):
+            sig = (not math.isnan(p_adj)) and p_adj < 0.05
+            records.append({"column": column, "a": a, "b": b, "test": r.test, "diff": r.diff, "ci": r.half_width, "p": r.p, "p_holm": p_adj, "n": r.n, "significant": sig})  # fmt: skip
+            diff = "n/a" if math.isnan(r.diff) else f"{r.diff:+.{digits}f}"
+            if not math.isnan(r.half_width):
+                diff += f" ± {r.half_width:.{digits}f}"
+            p_txt = "n/a" if math.isnan(r.p) else f"{r.p:.3g}"
+            p_adj_txt = "n/a" if math.isnan(p_adj) else f"{p_adj:.3g}"
+            verdict = "n/a (too few seeds)" if r.test == "none" else ("**yes**" if sig else "no")
+            line = f"| {labels[a]} | {labels[b]} | {diff} | {p_txt} | {p_adj_txt} | {verdict} |"
+            rows.append(line)
+            if sig:
+                significant.append(line)
+        title = f"\n**{column}** (A − B; t-test paired by seed, Holm-adjusted over the {len(pairs)} pairs)\n"
+        full += [title, *head, *rows]
+        if n == 0:
+            summary += [title, *head, *rows]
+        elif significant:
+            summary += [title, *head, *significant]
+        else:
+            summary.append(f"\n**{column}**: no pair differs significantly.")
+    return "\n".join(summary), "\n".join(full), records
 
 
-def write_report(out: Path, runs, base: Path, timings: dict[str, float]) -> dict:
-    table = collect(runs)
-    base_report = json.loads((base / "DONE.json").read_text())
-    md = markdown_table(table, len(runs))
-    phase_totals: dict[str, float] = {}
-    for name, seconds in timings.items():
-        key = name.split("/")[1] if name.startswith("seed") else name
-        phase_totals[key] = phase_totals.get(key, 0.0) + seconds
-    md += "\n\nWall time per phase (s): " + ", ".join(f"{k} {v:.0f}" for k, v in phase_totals.items())
-    (out / "results.md").write_text(md + "\n")
-    payload = {"table": table, "base_models": base_report, "timings": timings, "phase_totals": phase_totals}
-    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-    plot_curves(runs, out / "training_curves.png")
-    plot_retrieval(runs, out / "retrieval_per_layer.png")
-    plot_downstream(table, out / "downstream.png")
+def full_data_share(data: dict[str, dict], full: dict | None) -> dict | None:
+    """For the best variant: share of the full-data dev-NLL gain (over its stage-1 start) kept at 10 %,
+    and the 10 % / 100 % ratio of each test metric, from the seed the 100 % run used."""
+    if not full or "eval" not in full:
+        return None
+    key = full["variant"]
+    info = phase_info(full["eval"])
+    full_curve = info.get("curve", {})
+    row = data[key]
+    seed = min(s for s in row["metrics"].get(PRIMARY, {}))
+    start = row["curve"][0][PRIMARY][seed]
+    at10 = row["metrics"][PRIMARY][seed]
+    at100 = _mean_nll(full_curve[str(max(int(s) for s in full_curve))])
+    # Only a real full-data gain has a share; otherwise the number would be noise over noise.
+    share = (start - at10) / (start - at100) if start - at100 > 0 else NAN
+    ratios = {}
+    for title, *_ in METRICS:
+        v10, v100 = row["metrics"].get(title, {}).get(seed, NAN), info.get("metrics", {}).get(title)
+        if v100 is not None and math.isfinite(v10):
+            ratios[title] = {"10%": v10, "100%": v100}
+    return {"variant": key, "seed": seed, "nll_start": start, "nll_10": at10, "nll_100": at100, "share": share, "metrics": ratios}  # fmt: skip
+
+
+def stage1_terms(data: dict[str, dict]) -> str:
+    """Final stage-1 loss terms per layer, for the contrastive variants (per-layer learning)."""
+    labels = _labels()
+    lines = []
+    for key, row in data.items():
+        terms = sorted(
+            {t for v in row["stage1"].values() for t in v if t.startswith("contrastive_layer_")},
+            key=lambda t: int(t.rsplit("_", 1)[1]),
+        )
+        if terms:
+            cells = " ".join(f"L{t.rsplit('_', 1)[1]} {_cell({s: v.get(t, NAN) for s, v in row['stage1'].items()}, 2)}" for t in terms)  # fmt: skip
+            lines.append(f"- {labels[key]}: {cells}")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    threads = os.environ.get("OMP_NUM_THREADS", "default")
+    return f"{cpu}, {os.cpu_count()} cores visible, OMP_NUM_THREADS={threads}, Python {platform.python_version()}"
+
+
+def phase_totals(tracker: Tracker) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for name, seconds in tracker.timings.items():
+        kind = tracker.kinds.get(name, name)
+        totals[kind] = totals.get(kind, 0.0) + seconds
+    return totals
+
+
+def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) -> dict:
+    from llava.demo.plots import write_plots
+
+    data = collect(runs)
+    n_seeds = len(runs)
+    share = full_data_share(data, full)
+    sig_columns = [PRIMARY, *(f"dev NLL {t}" for t in TASKS), "ASR WER", "ST BLEU", "SQA F1"]
+    sig_md, sig_full, sig_records = significance(data, sig_columns)
+    (out / "significance.md").write_text("# Every pair of variants, every measure\n" + sig_full + "\n")
+    totals = phase_totals(tracker)
+    md = ["## Results at 10 % of the task data", "", main_table(data, n_seeds), ""]
+    md += ["## Speech→text R@1 (%) per LLM layer after stage 1", "", layer_table(data), ""]
+    md += ["## Stage-2 learning curves: mean dev NLL over tasks (nats/token)", "", curve_table(data), ""]
+    terms = stage1_terms(data)
+    if terms:
+        md += ["## Final stage-1 contrastive loss per layer (ln B = chance)", "", terms, ""]
+    if share:
+        kept = (
+            f"{100 * share['share']:.0f} % of the full-data NLL gain is kept at 10 %."
+            if math.isfinite(share["share"])
+            else "the 100 % run gained nothing over the start, so there is no share to report."
+        )
+        md += [
+            "## Full data",
+            "",
+            f"{_labels()[share['variant']]} (seed {share['seed']}): dev NLL {share['nll_start']:.3f} at the start "
+            f"of stage 2, {share['nll_10']:.3f} after 10 %, {share['nll_100']:.3f} after 100 % — {kept}",
+            "",
+        ]
+        md += [
+            f"- {t}: {v['10%']:.1f} at 10 %, {v['100%']:.1f} at 100 %" for t, v in share["metrics"].items()
+        ]
+        md.append("")
+    md += [
+        "## Which differences are significant",
+        sig_md,
+        "",
+        "(Every pair on every measure: significance.md.)",
+        "",
+    ]
+    md.append("Wall time per phase kind (s): " + ", ".join(f"{k} {v:.0f}" for k, v in totals.items()))
+    md.append(f"\nMachine: {machine()}")
+    (out / "results.md").write_text("\n".join(md) + "\n")
+    payload = {
+        "variants": {k: _jsonable(v) for k, v in data.items()},
+        "full_data": share,
+        "significance": sig_records,
+        "timings": tracker.timings,
+        "phase_totals": totals,
+        "base_models": {"path": str(base), **phase_info(base)},
+        "budget": _jsonable(vars(budget)),
+        "machine": machine(),
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    write_plots(out, data, runs, _labels())
     return payload
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value

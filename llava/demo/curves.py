@@ -1,0 +1,126 @@
+"""Teacher-forced dev NLL per task: the study's most sensitive measure of what stage 2 has learned.
+
+Generation metrics (WER, BLEU, F1) stay near their floor until a model is fairly good; the mean
+negative log-likelihood of the reference targets given the audio and prompt moves from the first
+steps, so it separates pretraining variants early and gives the stage-2 learning curves.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llava.constants import IGNORE_INDEX
+from llava.dataset.collator import SpeechCollator
+from llava.dataset.dataset import SpeechDataset
+
+NO_LENGTH_LIMIT = 1 << 30  # dev sequences are never truncated
+
+
+def _task(ds: SpeechDataset, i: int) -> str:
+    op = getattr(ds, "task_name", None) or ds.task_of  # the accessor's name differs across versions
+    return op(i)
+
+
+def dev_rows(
+    data_config: str | Path, limit_per_task: int
+) -> tuple[SpeechDataset, dict[str, list[int]], str | None]:
+    """The eval-destination rows of a data config, the first `limit_per_task` of each task, and the
+    system turn of the config's prompt layout."""
+    from llava.dataset.config import load_data_config
+    from llava.dataset.prompts import DEFAULT_PROMPT_FORMAT, resolve_system_prompt
+
+    cfg = load_data_config(data_config)
+    ds = SpeechDataset.from_config(cfg, "eval", train=False)
+    rows: dict[str, list[int]] = {}
+    for i in range(len(ds)):
+        task = _task(ds, i)
+        if len(rows.setdefault(task, [])) < limit_per_task:
+            rows[task].append(i)
+    system = resolve_system_prompt(None, getattr(cfg, "prompt_format", None) or DEFAULT_PROMPT_FORMAT)
+    return ds, rows, system
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token NLL and the number of labelled tokens: logits [B, L, V], labels [B, L]
+    (IGNORE_INDEX where unlabelled; position t predicts token t + 1)."""
+    targets = labels[:, 1:]
+    picked = targets != IGNORE_INDEX  # [B, L-1]
+    if not bool(picked.any()):
+        return 0.0, 0
+    loss = F.cross_entropy(logits[:, :-1][picked].float(), targets[picked], reduction="sum")
+    return float(loss), int(picked.sum())
+
+
+@torch.no_grad()
+def dev_nll(
+    model: Any,
+    tokenizer: Any,
+    dataset: SpeechDataset,
+    rows: dict[str, list[int]],
+    batch_size: int = 8,
+    on_batch: Callable[[int], None] | None = None,
+    system_prompt: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per task: mean NLL per target token (nats) over `rows[task]`, and the token count.
+
+    The batches are built by the training collator (chat template, labels on the target and its
+    end-of-turn token; `system_prompt` as the layout of `dev_rows` gives it), so this is the training
+    loss on held-out rows, pooled over tokens."""
+    collator = SpeechCollator(
+        tokenizer,
+        model.num_audio_tokens,
+        mode="chat",
+        max_length=NO_LENGTH_LIMIT,
+        system_prompt=system_prompt,
+    )
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, float]] = {}
+    try:
+        for task, indices in rows.items():
+            total, count = 0.0, 0
+            for chunk in _chunks(indices, batch_size):
+                samples = [s for s in (dataset[i] for i in chunk) if s is not None]
+                if samples:
+                    batch = collator(samples)
+                    logits = model(
+                        input_ids=batch["input_ids"],
+                        attention_mask=batch["attention_mask"],
+                        audio_values=batch["audio_values"],
+                        audio_lengths=batch["audio_lengths"],
+                        use_cache=False,
+                    ).logits  # [B, L, V]
+                    s, n = token_nll(logits, batch["labels"])
+                    total, count = total + s, count + n
+                if on_batch is not None:
+                    on_batch(len(chunk))
+            out[task] = {"nll": total / count if count else math.nan, "tokens": count}
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _chunks(items: list[int], size: int) -> Iterable[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def curve_every(total_steps: int, points: int) -> int:
+    """The checkpoint interval (`--save_steps`) giving about `points` curve points."""
+    if total_steps < 1 or points < 1:
+        raise ValueError(f"need total_steps >= 1 and points >= 1, got {total_steps}, {points}")
+    return max(1, total_steps // points)
+
+
+def curve_steps(total_steps: int, points: int) -> list[int]:
+    """The steps a stage-2 run is measured at: the multiples of `curve_every` below `total_steps`
+    (its intermediate checkpoints) and `total_steps` itself (the final weights). Step 0, the stage-1
+    projector, is measured separately. E.g. (60, 4) -> [15, 30, 45, 60]; (50, 4) -> [12, 24, 36, 48, 50]."""
+    every = curve_every(total_steps, points)
+    return [k for k in range(every, total_steps, every)] + [total_steps]
