@@ -10,7 +10,8 @@ A *row* is the mapping of logical field name -> raw value (None when the file ha
 
 `metrics` names scorer families registered in `llava.eval.metrics.METRICS` (strings only: the dataset
 package never imports eval): "asr" (the paper's WER and a corpus WER), "st" (sacreBLEU, chrF, COMET when
-available), "sqa" (SQuAD exact match and F1, max over gold answers).
+available), "sqa" (SQuAD exact match and F1, max over gold answers), "classification" (accuracy and
+macro-F1) and "regression" (MAE) for the closed-ended tasks CLS and REG.
 """
 
 from __future__ import annotations
@@ -93,6 +94,13 @@ def _sqa_target(row: Row) -> str:
     return answers[0] if answers else ""
 
 
+def _number_text(value: Any) -> str:
+    # A numeric column gives floats: 150.0 is written "150", as a person would answer.
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return clean_text(value)
+
+
 TASKS: dict[str, Task] = {
     "ASR": Task(
         name="ASR",
@@ -131,6 +139,24 @@ TASKS: dict[str, Task] = {
         metrics=(),
         description="free-form instruction following: the row's target (not scored)",
         instruction_field="prompt",
+    ),
+    # Closed-ended tasks (LTU-AS style): an optional per-row question and a short answer, scored after
+    # the answer is mapped onto the label set / read as a number (llava.eval.closed).
+    "CLS": Task(
+        name="CLS",
+        required_fields=("label",),
+        build_target=lambda row: clean_text(row.get("label")),
+        metrics=("classification",),
+        description="closed-ended classification (e.g. speaker gender): the row's label; accuracy, macro-F1",
+        question_field="question",
+    ),
+    "REG": Task(
+        name="REG",
+        required_fields=("value",),
+        build_target=lambda row: _number_text(row.get("value")),
+        metrics=("regression",),
+        description="regression from a text answer (e.g. speaking rate): the row's value; MAE",
+        question_field="question",
     ),
 }
 

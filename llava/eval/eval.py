@@ -227,6 +227,7 @@ def score_predictions(
             refs,
             sources=[r.get("source") for r in recs],
             comet_model=comet_model,
+            ids=list(expected_ids),  # closed-ended scorers name the samples they cannot parse
         )
     )
     out["num_failed"] = sum(1 for r in recs if r.get("failed"))
@@ -379,7 +380,18 @@ def _evaluate_test_set(
 
 
 def _headline(scores: dict) -> str:
-    keys = ("wer_paper", "wer_corpus", "bleu", "chrf", "comet", "exact_match", "f1")
+    keys = (
+        "wer_paper",
+        "wer_corpus",
+        "bleu",
+        "chrf",
+        "comet",
+        "exact_match",
+        "f1",
+        "accuracy",
+        "macro_f1",
+        "mae",
+    )
     parts = [f"{k}={scores[k]:.2f}" for k in keys if isinstance(scores.get(k), float)]
     return " ".join(parts + [f"n={scores['num_predictions']}", f"failed={scores['num_failed']}"])
 

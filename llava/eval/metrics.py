@@ -1,4 +1,5 @@
-"""Task metrics: WER for ASR, BLEU/chrF (and optionally COMET) for ST, SQuAD EM/F1 for SQA.
+"""Task metrics: WER for ASR, BLEU/chrF (and optionally COMET) for ST, SQuAD EM/F1 for SQA,
+accuracy/macro-F1 and MAE for closed-ended classification and regression (`llava.eval.closed`).
 
 Metrics are looked up in `METRICS` by the scorer-family names a task lists in its `metrics`
 (`llava.dataset.tasks.TASKS`): "asr", "st", "sqa". Every family takes the predictions, the references
@@ -43,6 +44,8 @@ from typing import Any
 
 import jiwer
 import sacrebleu
+
+from llava.eval.closed import classification_family, regression_family
 
 __all__ = [
     "DEFAULT_COMET_MODEL",
@@ -359,6 +362,15 @@ METRICS: dict[str, Metric] = {
     "asr": Metric("asr", "the paper's WER and a corpus WER (see the module docstring)", _asr),
     "st": Metric("st", "sacreBLEU (13a, cased) and chrF; COMET when a model is given", _st),
     "sqa": Metric("sqa", "SQuAD v1.1 exact match and F1, max over gold answers", _sqa),
+    # Closed-ended tasks (llava.eval.closed): answers mapped onto labels / numbers, unparseable counted.
+    "classification": Metric(
+        "classification",
+        "accuracy and macro-F1 over the label set (llava.eval.closed)",
+        classification_family,
+    ),
+    "regression": Metric(
+        "regression", "mean absolute error of the answered number (llava.eval.closed)", regression_family
+    ),
 }
 
 

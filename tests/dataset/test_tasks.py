@@ -6,7 +6,7 @@ from llava.dataset.tasks import META_ATTRIBUTES, TASKS, get_task, task_fields
 
 
 def test_registry_names_and_metrics():
-    assert list(TASKS) == ["ASR", "ST", "SQA", "META", "INSTRUCT"]
+    assert list(TASKS) == ["ASR", "ST", "SQA", "META", "INSTRUCT", "CLS", "REG"]
     assert get_task("META").metrics == ("asr", "st")
     assert get_task("SQA").metrics == ("sqa",)
     for name, task in TASKS.items():
@@ -14,7 +14,9 @@ def test_registry_names_and_metrics():
 
 
 def test_unknown_task_lists_known():
-    with pytest.raises(KeyError, match="known tasks: \\['ASR', 'ST', 'SQA', 'META', 'INSTRUCT'\\]"):
+    with pytest.raises(
+        KeyError, match="known tasks: \\['ASR', 'ST', 'SQA', 'META', 'INSTRUCT', 'CLS', 'REG'\\]"
+    ):
         get_task("XYZ")
 
 

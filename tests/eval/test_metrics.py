@@ -222,7 +222,7 @@ def test_squad_hand_computed():
 
 # ------------------------------------------------------------------------------------- registry
 def test_registry_and_errors():
-    assert set(METRICS) == {"asr", "st", "sqa"}
+    assert set(METRICS) == {"asr", "st", "sqa", "classification", "regression"}
     assert score(("asr",), ["a b"], [["a c"]]) == asr_scores(["a b"], ["a c"])
     assert score(("sqa",), ["x"], [["y", "x"]])["exact_match"] == 100.0
     both = score(("asr", "st"), ST_HYPS, [[r] for r in ST_REFS])  # META's families
