@@ -264,3 +264,29 @@ def test_splice_places_segments_in_order(tiny_model):
     expected[0, 4], expected[0, 5], expected[0, 6] = embeds[1, 0], embeds[1, 1], embeds[1, 2]
     expected[1, 1] = embeds[2, 0]
     torch.testing.assert_close(out, expected)
+
+
+def test_padding_windows_add_no_gradient(tiny_model):
+    """Padding windows are computed (no data-dependent shapes) but zeroed: the projector's gradient
+    from a padded batch equals the sum of the gradients of its utterances alone."""
+    model, _ = tiny_model
+    model.eval()
+    long, short = torch.randn(20000) * 0.1, torch.randn(7000) * 0.1
+    weights = torch.randn(model.llm_hidden_size)
+
+    def grads(values, lengths):
+        model.zero_grad()
+        embeds, mask = model.embed_audio(values, lengths)
+        assert not embeds[~mask].any()  # padding outputs are exactly zero
+        (embeds[mask] @ weights).pow(2).sum().backward()
+        return [p.grad.clone() for p in model.projector.parameters() if p.grad is not None]
+
+    batch = torch.zeros(2, 20000)
+    batch[0], batch[1, :7000] = long, short
+    together = grads(batch, torch.tensor([20000, 7000]))
+    alone = [
+        a + b
+        for a, b in zip(grads(long[None], torch.tensor([20000])), grads(short[None], torch.tensor([7000])))
+    ]
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

@@ -3,8 +3,10 @@
 Encoder frames are cut into non-overlapping windows of `round(frame_rate * window_seconds)` frames
 (0.333 s -> 17 frames at 50 Hz); each window is read by `num_queries` learnable queries through a
 BERT-style Q-Former with cross-attention in every layer, then projected to the LLM width. Windows are
-folded into the batch so the Q-Former attends within one window only, and windows that hold no
-valid frame are never computed (padding cannot leak into real outputs).
+folded into the batch so the Q-Former attends within one window only. Windows that hold no valid
+frame (padding) are computed too, reading their own zero frames, and their outputs are zeroed:
+padding cannot leak into real outputs, and no shape depends on the data (no host sync in the step;
+with duration-bucketed batches padding is a few percent of the windows).
 """
 
 from __future__ import annotations
@@ -63,17 +65,20 @@ class QFormerProjector(Projector):
         b = feats.shape[0]
         q = self.settings.num_queries
         windows, wmask = self.fold(self.input_norm(feats), mask, self.window)  # [B, W, w, De], [B, W, w]
-        n_win = windows.shape[1]
+        n_win, size = windows.shape[1], windows.shape[2]
         valid = wmask.any(-1)  # [B, W]
-        live = windows[valid]  # [V, w, De]: only windows holding at least one real frame
-        query = self.queries.expand(live.shape[0], -1, -1).to(self.qformer.dtype)
+        # A padding window attends to its own zero frames (never to an empty key set); dropped below.
+        attend = (wmask | ~valid[..., None]).reshape(b * n_win, size)  # [B*W, w]
+        query = self.queries.expand(b * n_win, -1, -1).to(self.qformer.dtype)
         out = self.qformer(
             query_embeds=query,
-            encoder_hidden_states=live.to(self.qformer.dtype),
-            encoder_attention_mask=wmask[valid].long(),
-        ).last_hidden_state  # [V, Q, H]
-        out = self.output_norm(self.out_proj(out.to(self.out_proj.weight.dtype)))  # [V, Q, Dl]
-        embeds = out.new_zeros(b, n_win, q, out.shape[-1])
-        embeds[valid] = out
+            encoder_hidden_states=windows.reshape(b * n_win, size, -1).to(self.qformer.dtype),
+            encoder_attention_mask=attend.long(),
+        ).last_hidden_state  # [B*W, Q, H]
+        out = self.output_norm(self.out_proj(out.to(self.out_proj.weight.dtype)))  # [B*W, Q, Dl]
+        out = out.view(b, n_win, q, -1)
+        embeds = torch.where(
+            valid[:, :, None, None], out, torch.zeros((), dtype=out.dtype, device=out.device)
+        )
         out_mask = valid[:, :, None].expand(b, n_win, q)
         return embeds.reshape(b, n_win * q, -1), out_mask.reshape(b, n_win * q)
