@@ -129,19 +129,16 @@ def audio_token_counter(
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the training flags (+ inspect's own), build dataset and collator as training does, print."""
-    from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+    from transformers import AutoConfig, AutoTokenizer
 
     from llava.dataset.config import load_data_config
     from llava.tokenization import add_audio_token, ensure_pad_token
-    from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
     from llava.train.objectives import build_objective
+    from llava.train.parsing import parse_training_args
     from llava.train.train import build_datasets, prompt_settings
 
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, LossArguments, TrainingArguments, InspectArguments)
-    )
-    model_args, data_args, loss_args, training_args, args = parser.parse_args_into_dataclasses(
-        sys.argv[1:] if argv is None else argv
+    model_args, data_args, loss_args, training_args, args = parse_training_args(
+        argv, extra=(InspectArguments,)
     )
     if args.destination not in ("train", "eval"):
         raise ValueError(f"--destination {args.destination!r}: expected train or eval")

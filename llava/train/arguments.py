@@ -1,4 +1,4 @@
-"""Command-line arguments of `llava.train.train`, as typed dataclasses for `HfArgumentParser`.
+"""Settings of `llava.train.train`, as typed dataclasses (parsed by `llava.train.parsing`).
 
 Flag names follow the original LLaVA-based speech code where one existed (`--contrastive_training`,
 `--mm_speech_projector_type`, `--pretrain_mm_speech_adapter`, ...), so existing scripts carry over.
@@ -8,11 +8,74 @@ resuming) is HF `TrainingArguments`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from transformers import TrainingArguments as HfTrainingArguments
+
+
+@dataclass
+class QFormerArgs:
+    """The window-level Q-Former (`llava.model.projectors.qformer`); flags `--mm_qformer_<name>`."""
+
+    # Learnable queries per window.
+    num_queries: int = field(
+        default=4, metadata={"flag": "mm_qformer_num_query_token", "aliases": ["--qformer_num_query_token"]}
+    )
+    # Layers, each with cross-attention.
+    num_layers: int = field(
+        default=4,
+        metadata={"flag": "mm_qformer_num_hidden_layers", "aliases": ["--qformer_num_hidden_layers"]},
+    )
+    # Width, heads and feed-forward width (paper: 768 / 12 / 3072).
+    hidden_size: int = 768
+    num_heads: int = field(default=12, metadata={"aliases": ["--qformer_num_attention_heads"]})
+    intermediate_size: int = 3072
+    # Window length in seconds (0.333 s = 17 frames at 50 Hz).
+    window_seconds: float = field(default=0.333, metadata={"aliases": ["--qformer_second_per_window"]})
+
+
+@dataclass
+class LoraArgs:
+    """LoRA on the LLM (`peft.LoraConfig` settings); flags `--lora_<name>`."""
+
+    # Add LoRA adapters to the LLM.
+    enable: bool = False
+    # Rank, alpha (update scaled by alpha / r, or alpha / sqrt(r) with rsLoRA), dropout on the LoRA input.
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    # Comma-separated module names to adapt ("all-linear" = every linear layer).
+    target_modules: str = "q_proj,v_proj"
+    # Which biases train too: none | all | lora_only.
+    bias: str = "none"
+    # Rank-stabilised scaling alpha / sqrt(r).
+    use_rslora: bool = False
+
+
+@dataclass
+class EncoderLoraArgs:
+    """LoRA on the speech encoder; flags `--encoder_lora_<name>` (and the original `--lora_encoder`).
+    Each setting left unset takes the LLM's (`resolved`)."""
+
+    # Add LoRA adapters to the encoder.
+    enable: bool = field(
+        default=False, metadata={"flag": "lora_encoder", "aliases": ["--encoder_lora_enable"]}
+    )
+    r: int | None = None
+    alpha: int | None = None
+    dropout: float | None = None
+    target_modules: str | None = None
+    bias: str | None = None
+    use_rslora: bool | None = None
+
+    def resolved(self, llm: LoraArgs) -> LoraArgs:
+        """The encoder's complete settings: its own where set, the LLM's elsewhere."""
+        values = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return dataclasses.replace(llm, **values)
 
 
 @dataclass
@@ -27,16 +90,8 @@ class ModelArguments:
     mm_speech_select_layer: int = -1
     # Projector: qformer (paper default) | mlp | linear.
     mm_speech_projector_type: str = "qformer"
-    # Q-Former: learnable queries per window.
-    mm_qformer_num_query_token: int = 4
-    # Q-Former: number of layers (each with cross-attention).
-    mm_qformer_num_hidden_layers: int = 4
-    # Q-Former: width, heads and feed-forward width (paper: 768 / 12 / 3072).
-    mm_qformer_hidden_size: int = 768
-    mm_qformer_num_heads: int = 12
-    mm_qformer_intermediate_size: int = 3072
-    # Q-Former: window length in seconds (0.333 s = 17 frames at 50 Hz).
-    mm_qformer_window_seconds: float = 0.333
+    # Q-Former settings (--mm_qformer_*, or --qformer.<name>).
+    qformer: QFormerArgs = field(default_factory=QFormerArgs, metadata={"flag_prefix": "mm_qformer_"})
     # mlp / linear projectors: encoder frames stacked per output position.
     mm_speech_stack: int = 5
     # Projector output scale (beyond the paper, which uses none): rms_match rescales every output to
@@ -55,27 +110,12 @@ class ModelArguments:
     freeze_backbone: bool = True
     # Keep the speech encoder frozen (and in eval mode).
     freeze_audio_encoder: bool = True
-    # LoRA on the LLM.
-    lora_enable: bool = False
-    # LoRA on the speech encoder.
-    lora_encoder: bool = False
-    # LLM LoRA: rank, alpha (update scaled by alpha / r), dropout on the LoRA input.
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
-    # LLM LoRA: comma-separated module names to adapt ("all-linear" = every linear layer).
-    lora_target_modules: str = "q_proj,v_proj"
-    # LLM LoRA: which biases train too (none | all | lora_only).
-    lora_bias: str = "none"
-    # LLM LoRA: rank-stabilised scaling alpha / sqrt(r).
-    lora_use_rslora: bool = False
-    # Encoder LoRA: the same settings; each one left unset takes the LLM's value.
-    encoder_lora_r: int | None = None
-    encoder_lora_alpha: int | None = None
-    encoder_lora_dropout: float | None = None
-    encoder_lora_target_modules: str | None = None
-    encoder_lora_bias: str | None = None
-    encoder_lora_use_rslora: bool | None = None
+    # LoRA on the LLM (--lora_enable, --lora_r, ... or --lora.<name>).
+    lora: LoraArgs = field(default_factory=LoraArgs, metadata={"flag_prefix": "lora_"})
+    # LoRA on the speech encoder (--lora_encoder, --encoder_lora_r, ...; unset values: the LLM's).
+    encoder_lora: EncoderLoraArgs = field(
+        default_factory=EncoderLoraArgs, metadata={"flag_prefix": "encoder_lora_"}
+    )
     # Comma-separated modules or parameters to freeze on top of the flags above: audio_tower,
     # projector, language_model or a sub-module path (e.g. language_model.model.layers.0).
     freeze_modules: str = ""
@@ -95,16 +135,9 @@ class ModelArguments:
     torch_compile_llm: bool = False
 
     def projector_config(self) -> dict:
+        """Settings of the chosen projector (`llava.model.projectors.projector_settings`)."""
         if self.mm_speech_projector_type == "qformer":
-            return {
-                "num_queries": self.mm_qformer_num_query_token,
-                "num_layers": self.mm_qformer_num_hidden_layers,
-                "hidden_size": self.mm_qformer_hidden_size,
-                "num_heads": self.mm_qformer_num_heads,
-                "intermediate_size": self.mm_qformer_intermediate_size,
-                "window_seconds": self.mm_qformer_window_seconds,
-                **self._output_norm_config(),
-            }
+            return {**dataclasses.asdict(self.qformer), **self._output_norm_config()}
         return {"stack": self.mm_speech_stack, **self._output_norm_config()}
 
     def _output_norm_config(self) -> dict:
@@ -114,6 +147,24 @@ class ModelArguments:
             "output_norm": self.projector_output_norm,
             "output_norm_target": self.projector_output_norm_target,
         }
+
+
+def _flat_views(cls: type) -> type:
+    """Read-only attributes under each nested setting's flat flag name (`model_args.lora_r` is
+    `model_args.lora.r`), so code written against the flat names keeps working."""
+    for outer in dataclasses.fields(cls):
+        if not isinstance(outer.default_factory, type) or not dataclasses.is_dataclass(outer.default_factory):
+            continue
+        for inner in dataclasses.fields(outer.default_factory):
+            name = inner.metadata.get("flag", outer.metadata.get("flag_prefix", "") + inner.name)
+            if not hasattr(cls, name):
+                setattr(
+                    cls, name, property(lambda self, o=outer.name, i=inner.name: getattr(getattr(self, o), i))
+                )
+    return cls
+
+
+_flat_views(ModelArguments)
 
 
 @dataclass
@@ -246,3 +297,94 @@ def default_dataloader_workers(max_workers: int = 8) -> int:
         cpus = os.cpu_count() or 1
     local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     return max(0, min(max_workers, cpus // local_processes - 1))
+
+
+@dataclass
+class OriginalFlags:
+    """Flags of the original implementation with no setting of their own here, accepted so its
+    command lines run unchanged. Each is mapped onto our settings, or ignored with a warning when it
+    asks for what happens here anyway; a value we cannot honour is an error (`RULES`)."""
+
+    # = not --freeze_audio_encoder.
+    tune_audio_encoder: bool | None = None
+    # = not --tune_mm_mlp_adapter.
+    freeze_mm_mlp_adapter: bool | None = None
+    # With --audio_nwp: add the mixed NWP loss to the contrastive one (= --contr_asr_combine_loss).
+    contrastive_combine_loss: bool | None = None
+    # Conversation template: llama_3_1 only (our --prompt_format original).
+    version: str | None = None
+    # Input modality: audio only.
+    modality: str | None = None
+    # Image input: not supported (nor was it in the original).
+    vision_tower: str | None = None
+    pretrain_mm_mlp_adapter: str | None = None
+    # Speech start/end marker tokens: not used.
+    mm_use_speech_start_end: bool | None = None
+    # Separate projector learning rate: not supported (the projector trains with --learning_rate).
+    mm_projector_lr: float | None = None
+    # Q-Former position interpolation: not supported.
+    qformer_interpolation: bool | None = None
+    qformer_interpolation_config: str | None = None
+    # Accepted and ignored (what they asked for happens here anyway, or they had no effect on audio).
+    lazy_preprocess: bool | None = None
+    is_multimodal: bool | None = None
+    filter_broken_samples: bool | None = None
+    dataloader_debug: bool | None = None
+    organize_eval_dataset_per_task: bool | None = None
+    rebuild_dataset_cache: bool | None = None
+    tokenizer_padding_side: str | None = None
+    sampling_rate: int | None = None
+    cache_dir: str | None = None
+    mpt_attn_impl: str | None = None
+    group_by_modality_length: bool | None = None
+    mm_projector_type: str | None = None
+    mm_use_im_start_end: bool | None = None
+    mm_use_im_patch_token: bool | None = None
+    mm_patch_merge_type: str | None = None
+    num_steps_between_each_restart: int | None = None
+    lr_min: float | None = None
+    eval_temperature: float | None = None
+    eval_max_new_tokens: int | None = None
+    eval_num_batched_generations: int | None = None
+
+    # Per flag: "accepts" (the values we can honour; others are an error) and/or "ignored" (a warning
+    # says it has no effect), with the reason.
+    RULES: ClassVar[dict[str, dict[str, Any]]] = {
+        "tune_audio_encoder": {"why": "mapped to --freeze_audio_encoder"},
+        "freeze_mm_mlp_adapter": {"why": "mapped to --tune_mm_mlp_adapter"},
+        "contrastive_combine_loss": {"why": "mapped to --contr_asr_combine_loss with --audio_nwp"},
+        "version": {"accepts": {"llama_3_1"}, "why": "the chat layout comes from --prompt_format"},
+        "modality": {"accepts": {"audio"}, "why": "only audio input is supported"},
+        "vision_tower": {"accepts": set(), "why": "image input is not supported"},
+        "pretrain_mm_mlp_adapter": {"accepts": set(), "why": "image input is not supported"},
+        "mm_use_speech_start_end": {"accepts": {False}, "why": "speech start/end tokens are not used"},
+        "mm_projector_lr": {"accepts": set(), "why": "the projector trains with --learning_rate"},
+        "qformer_interpolation": {"accepts": {False}, "why": "Q-Former interpolation is not supported"},
+        "qformer_interpolation_config": {"accepts": set(), "why": "Q-Former interpolation is not supported"},
+        "lazy_preprocess": {"ignored": True, "why": "samples are always prepared when fetched"},
+        "is_multimodal": {"ignored": True, "why": "set from the model"},
+        "filter_broken_samples": {
+            "ignored": True,
+            "why": "bad samples are always skipped and counted (--strict_data makes them errors)",
+        },
+        "dataloader_debug": {"ignored": True, "why": "see python -m llava.dataset.inspect"},
+        "organize_eval_dataset_per_task": {"ignored": True, "why": "evaluation runs per test set"},
+        "rebuild_dataset_cache": {"ignored": True, "why": "no dataset cache is built"},
+        "tokenizer_padding_side": {"ignored": True, "why": "training pads right, generation left"},
+        "sampling_rate": {"ignored": True, "why": "taken from the encoder's feature extractor"},
+        "cache_dir": {"ignored": True, "why": "set HF_HOME for the download cache"},
+        "mpt_attn_impl": {"ignored": True, "why": "use --attn_implementation"},
+        "group_by_modality_length": {"ignored": True, "why": "batches are bucketed by audio duration"},
+        "mm_projector_type": {"ignored": True, "why": "image projector; see --mm_speech_projector_type"},
+        "mm_use_im_start_end": {"ignored": True, "why": "image input is not supported"},
+        "mm_use_im_patch_token": {"ignored": True, "why": "image input is not supported"},
+        "mm_patch_merge_type": {"ignored": True, "why": "image input is not supported"},
+        "num_steps_between_each_restart": {"ignored": True, "why": "use --lr_scheduler_type"},
+        "lr_min": {"ignored": True, "why": "use --lr_scheduler_type / --lr_scheduler_kwargs"},
+        "eval_temperature": {"ignored": True, "why": "no generation during training; see llava/eval/eval.py"},
+        "eval_max_new_tokens": {
+            "ignored": True,
+            "why": "no generation during training; see llava/eval/eval.py",
+        },
+        "eval_num_batched_generations": {"ignored": True, "why": "no generation during training"},
+    }

@@ -1,7 +1,9 @@
 """Training entry point for both stages.
 
-    python -m llava.train.train --model_name_or_path LLM --audio_encoder ENC \
-        --data_config_path cfg.yml --output_dir out [--contrastive_training True ...]
+    python -m llava.train.train [settings.yml] --model_name_or_path LLM --audio_encoder ENC \
+        --data_config_path data.yml --output_dir out [--contrastive_training True ...]
+
+(a settings file and flags together, the flags winning: see `llava.train.parsing`)
 
 Reads top to bottom: arguments -> data config (validated before anything heavy) -> model (frozen
 parts, trainable projector / LoRA) -> objective (validated against the LLM depth) -> datasets and
@@ -10,12 +12,12 @@ collator -> Trainer -> train -> save trainable weights.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import sys
 
 import torch
-from transformers import HfArgumentParser, set_seed
+from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from llava.dataset.collator import SpeechCollator
@@ -37,21 +39,19 @@ from llava.model.feature_cache import attach_feature_cache
 from llava.model.text_cache import attach_text_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.objectives import build_objective
+from llava.train.parsing import parse_training_args
 from llava.train.throughput import attach_throughput
 from llava.train.trainer import SpeechTrainer
 
 logger = logging.getLogger("llava.train")
 
 
-def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((ModelArguments, DataArguments, LossArguments, TrainingArguments))
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml", ".json")):
-        path = os.path.abspath(argv[0])
-        return (
-            parser.parse_yaml_file(path) if path.endswith((".yaml", ".yml")) else parser.parse_json_file(path)
-        )
-    return parser.parse_args_into_dataclasses(argv)
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, DataArguments, LossArguments, TrainingArguments]:
+    """`[CONFIG.yml] [--flag value ...]`: a settings file and command-line flags together, the flags
+    winning (see `llava.train.parsing`)."""
+    return parse_training_args(argv)
 
 
 def frozen_dtype(model_args: ModelArguments, training_args: TrainingArguments) -> torch.dtype | None:
@@ -68,19 +68,13 @@ def frozen_dtype(model_args: ModelArguments, training_args: TrainingArguments) -
 def lora_settings(model_args: ModelArguments, component: str = "llm") -> LoraSettings:
     """LoRA settings of the LLM ("llm": the --lora_* flags) or the encoder ("encoder": the
     --encoder_lora_* flags, each unset one taking the LLM's value)."""
-    names = ("r", "alpha", "dropout", "target_modules", "bias", "use_rslora")
-    values = {n: getattr(model_args, f"lora_{n}") for n in names}
-    if component == "encoder":
-        values.update(
-            {
-                n: getattr(model_args, f"encoder_lora_{n}")
-                for n in names
-                if getattr(model_args, f"encoder_lora_{n}") is not None
-            }
-        )
-    elif component != "llm":
+    if component == "llm":
+        args, prefix = model_args.lora, "--lora_"
+    elif component == "encoder":
+        args, prefix = model_args.encoder_lora.resolved(model_args.lora), "--encoder_lora_"
+    else:
         raise ValueError(f"unknown LoRA component {component!r}: expected llm or encoder")
-    prefix = "--lora_" if component == "llm" else "--encoder_lora_"
+    values = {k: v for k, v in dataclasses.asdict(args).items() if k != "enable"}
     try:
         return LoraSettings(**values)
     except ValueError as e:
@@ -213,13 +207,13 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         freeze_encoder=model_args.freeze_audio_encoder,
         freeze_projector=not model_args.tune_mm_mlp_adapter,
         freeze_llm=model_args.freeze_backbone,
-        lora_llm=lora_settings(model_args, "llm") if model_args.lora_enable else None,
-        lora_encoder=lora_settings(model_args, "encoder") if model_args.lora_encoder else None,
+        lora_llm=lora_settings(model_args, "llm") if model_args.lora.enable else None,
+        lora_encoder=lora_settings(model_args, "encoder") if model_args.encoder_lora.enable else None,
         freeze=model_args.freeze_modules.split(","),
         flags={
             "lora_llm": "--lora_target_modules",
             "lora_encoder": "--encoder_lora_target_modules"
-            + (" (unset: --lora_target_modules)" if model_args.encoder_lora_target_modules is None else ""),
+            + (" (unset: --lora_target_modules)" if model_args.encoder_lora.target_modules is None else ""),
             "freeze": "--freeze_modules",
         },
     )
@@ -267,7 +261,10 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     trainer.save_model(training_args.output_dir)
     if data_parallel_world()[1] == 0:
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
-        logger.info("data: %s", train_ds.skips.summary())
+        # Loader workers decode in their own processes: their skips reach this process only through
+        # the batches (the line below), not through the dataset's counter.
+        where = "at load" if training_args.dataloader_num_workers > 0 else "at load and decode"
+        logger.info("data (%s): %s", where, train_ds.skips.summary())
         if trainer.skipped_samples:
             logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))
         logger.info("trainable weights saved to %s", training_args.output_dir)

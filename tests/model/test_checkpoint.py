@@ -11,7 +11,7 @@ from safetensors import safe_open
 from llava.model import LoraSettings, apply_training_mode, build_model, load_pretrained_model, save_trainable
 from llava.model.builder import count_parameters, load_projector
 from tests.conftest import TINY_QFORMER, tiny_llm_config
-from tests.model.test_modeling import _batch
+from tests.helpers import speech_batch
 
 
 def _trained_model(enc_dir, llm_dir, lora=None):
@@ -20,7 +20,7 @@ def _trained_model(enc_dir, llm_dir, lora=None):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     model.train()
     for _ in range(2):
-        model(**_batch(model, tok, [12000, 8000])).loss.backward()
+        model(**speech_batch(model, tok, [12000, 8000])).loss.backward()
         opt.step()
         opt.zero_grad()
     return model.eval(), tok
@@ -28,7 +28,7 @@ def _trained_model(enc_dir, llm_dir, lora=None):
 
 def _logits(model, tok):
     torch.manual_seed(3)
-    batch = _batch(model, tok, [12000, 8000])
+    batch = speech_batch(model, tok, [12000, 8000])
     batch.pop("labels")
     with torch.no_grad():
         return model(**batch).logits

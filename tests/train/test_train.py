@@ -167,11 +167,8 @@ def test_resume_checkpoint_follows_the_trainer_conventions(tmp_path):
 
 
 def test_encoder_lora_settings_default_to_the_llm_flags():
-    from llava.train.arguments import ModelArguments
-
-    args = ModelArguments(
-        lora_r=16, lora_alpha=32, lora_bias="all", encoder_lora_alpha=3, encoder_lora_target_modules="k_proj"
-    )
+    args = train_mod.parse_args(["--lora_r", "16", "--lora_alpha", "32", "--lora_bias", "all",
+                                 "--encoder_lora_alpha", "3", "--encoder_lora_target_modules", "k_proj"])[0]  # fmt: skip
     llm, enc = train_mod.lora_settings(args, "llm"), train_mod.lora_settings(args, "encoder")
     assert (llm.r, llm.alpha, llm.bias, llm.target_modules) == (16, 32, "all", ["q_proj", "v_proj"])
     assert (enc.r, enc.alpha, enc.bias, enc.target_modules) == (16, 3, "all", ["k_proj"])
