@@ -49,6 +49,7 @@ from llava.demo.base_models.chats import (
 from llava.demo.base_models.encoder import EncoderTrainArgs, train_tiny_hubert_ctc
 from llava.demo.base_models.llm import LlmTrainArgs, TextExample, train_tiny_llm
 from llava.demo.base_models.tokenizer import train_bpe_tokenizer
+from llava.fileio import atomic_write_text, usual_mode
 
 logger = logging.getLogger("llava.demo.base_models.build")
 
@@ -205,30 +206,19 @@ def _finished(model_dir: Path, stamp: dict) -> dict | None:
     return report if report.get("build") == stamp else None
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _install(tmp: Path, final: Path) -> None:
     """Move a finished temporary model directory into place (replacing an outdated one)."""
     # Temporary directories and files are created private (0700/0600); give them the usual modes.
-    mask = _umask()
-    os.chmod(tmp, 0o777 & ~mask)
+    os.chmod(tmp, usual_mode(directory=True))
     for f in tmp.iterdir():
-        os.chmod(f, 0o666 & ~mask)
+        os.chmod(f, usual_mode())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2))
 
 
 def _add_stamp(model_dir: Path, report: dict, stamp: dict) -> dict:

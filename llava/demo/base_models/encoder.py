@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import tempfile
 import time
@@ -34,6 +33,8 @@ from transformers import (
     Wav2Vec2FeatureExtractor,
     Wav2Vec2Processor,
 )
+
+from llava.demo.base_models.schedule import lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -269,17 +270,6 @@ def evaluate_ctc(
 
 
 # ----------------------------------------------------------------------------------- training
-def _lr_factor(progress: float, warmup_frac: float, decay_frac: float) -> float:
-    """Warm-up, constant, cosine decay: with a time budget the run's length is not known in steps,
-    and a long constant phase keeps the LR high while CTC leaves its all-blank plateau."""
-    if progress < warmup_frac:
-        return max(progress / warmup_frac, 1e-3)
-    decay_start = 1.0 - decay_frac
-    if progress < decay_start:
-        return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - decay_start) / max(decay_frac, 1e-9))))
-
-
 def train_tiny_hubert_ctc(
     train: Sequence[Utterance],
     dev: Sequence[Utterance],
@@ -339,7 +329,7 @@ def train_tiny_hubert_ctc(
             if progress >= 1.0:
                 break
             for group in optimizer.param_groups:
-                group["lr"] = args.lr * _lr_factor(progress, args.warmup_frac, args.decay_frac)
+                group["lr"] = args.lr * lr_factor(progress, args.warmup_frac, args.decay_frac)
             batch = _collate([items[i] for i in idx], processor)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
                 loss = model(**batch).loss

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from llava.demo.base_models.schedule import lr_factor
 from llava.demo.base_models.tokenizer import EOS, EOT
 
 logger = logging.getLogger(__name__)
@@ -148,12 +149,6 @@ def _stream(
     ids = np.fromiter((t for doc_ids, _ in encoded for t in doc_ids), dtype=np.int64)
     weights = np.fromiter((w for _, doc_weights in encoded for w in doc_weights), dtype=np.float32)
     return ids, weights
-
-
-def _lr_factor(progress: float, warmup_frac: float) -> float:
-    if progress < warmup_frac:
-        return max(progress / warmup_frac, 1e-3)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup_frac) / (1.0 - warmup_frac))))
 
 
 def _weighted_nll(
@@ -290,7 +285,7 @@ def train_tiny_llm(
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * _lr_factor(progress, args.warmup_frac)
+            group["lr"] = args.lr * lr_factor(progress, args.warmup_frac)
         # Random windows of the packed stream: each step sees fresh document boundaries.
         starts = rng.integers(0, len(train_stream) - block, size=args.batch_size)
         batch = torch.from_numpy(np.stack([train_stream[s : s + block] for s in starts]))  # [B, L]
