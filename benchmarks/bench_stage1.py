@@ -13,7 +13,8 @@ go through
   (b) ours: duration-bucketed batches (`DurationBatchSampler`), no checkpointing, and the training
       objectives as the package implements them now (`build_objective`: no-grad text pass, whatever
       labelled-only logits / stop-at-deepest-layer the model provides), with a warm frozen-feature
-      cache (filled first, untimed, as `python -m llava.model.feature_cache` would).
+      cache and, for the contrastive variants, a warm text-state cache (both filled first, untimed,
+      as `python -m llava.model.feature_cache` or a first epoch would).
 To stay conservative, (a) runs no LM head in the contrastive passes and no LLM pass for layer 0.
 
 Each (variant, configuration) runs in a fresh process. Printed per run: utterances/s, audio-seconds/s,
@@ -57,9 +58,11 @@ PAPER_PROMPT_TOKENS = 45
 
 
 def model_configs(args) -> tuple[dict, dict, dict]:
+    # FLOP ratios as at the paper's shapes (benchmarks/flop_model.py): encoder / Q-Former (forward +
+    # backward) ~9 (paper 8.5), encoder / LLM forward per second of audio ~0.23 (paper 0.23).
     encoder = dict(
-        model_type="hubert", hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=512, conv_dim=[32] * 7, num_conv_pos_embeddings=32,
+        model_type="hubert", hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=384, conv_dim=[32] * 7, num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4, feat_extract_norm="layer", do_stable_layer_norm=True,
         layerdrop=0.0, vocab_size=32,
     )  # fmt: skip
@@ -69,7 +72,7 @@ def model_configs(args) -> tuple[dict, dict, dict]:
         num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=False,
     )  # fmt: skip
     projector = dict(
-        num_queries=4, num_layers=2, hidden_size=128, num_heads=4, intermediate_size=512, dropout=0.0
+        num_queries=4, num_layers=2, hidden_size=32, num_heads=2, intermediate_size=128, dropout=0.0
     )
     return encoder, llm, projector
 
@@ -187,7 +190,7 @@ def ours_loss_fn(model, flags: dict):
         terms = objective(model, batch)
         return sum(objective.weights[k] * v for k, v in terms.items())
 
-    return fn
+    return fn, objective
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -223,6 +226,7 @@ def run_one(variant: str, config: str, args) -> dict:
     from llava.demo.base_models.tokenizer import train_bpe_tokenizer
     from llava.model import apply_training_mode, build_model
     from llava.model.feature_cache import attach_feature_cache
+    from llava.model.text_cache import attach_text_cache
 
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -251,15 +255,22 @@ def run_one(variant: str, config: str, args) -> dict:
         ckpt()
         loss_fn = original_loss_fn(model, flags)
     else:
+        loss_fn, objective = ours_loss_fn(model, flags)
         if not args.no_cache:
-            attach_feature_cache(model.audio_tower, args.cache_dir, storage_dtype=args.cache_dtype)
+            # Caches filled untimed, as the fill command (or the first epoch) does ahead of the epochs
+            # measured here.
             t0 = time.perf_counter()
+            attach_feature_cache(
+                model.audio_tower, Path(args.cache_dir) / "audio", storage_dtype=args.cache_dtype
+            )
+            text_cache = attach_text_cache(model, Path(args.cache_dir) / "text", objective)
             with torch.no_grad():
-                for it in pool + probe_pool:  # untimed, as the fill command does ahead of training
+                for it in pool + probe_pool:
                     wave = torch.from_numpy(it["audio"])[None].to(device)
                     model.audio_tower(wave, torch.tensor([wave.shape[1]], device=device))
+                for b in [probe, *batches] if text_cache is not None else []:
+                    text_cache.pooled_states(model, b["text_input_ids"], b["text_attention_mask"])
             fill_seconds = time.perf_counter() - t0
-        loss_fn = ours_loss_fn(model, flags)
     with torch.no_grad():
         probe_init = float(loss_fn(probe))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -320,7 +331,7 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--cache-dtype", default="bfloat16", choices=["bfloat16", "float32"])
-    ap.add_argument("--no-cache", action="store_true", help="(b) without the feature cache")
+    ap.add_argument("--no-cache", action="store_true", help="(b) without the feature and text caches")
     ap.add_argument("--cache-dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--_run", nargs=2, metavar=("VARIANT", "CONFIG"), help=argparse.SUPPRESS)
@@ -337,7 +348,7 @@ def print_table(results: list[dict], args) -> None:
         f"\nstage-1 benchmark on {dev} ({torch.get_num_threads()} threads): batch {args.batch}, "
         f"{args.steps} timed steps per run (one epoch of {args.steps * args.batch} utterances, after a "
         f"warm-up step), durations x{args.time_scale}, LLM {args.llm_layers} layers x {args.hidden} / vocab "
-        f"{args.vocab}, feature cache {'off' if args.no_cache else args.cache_dtype}"
+        f"{args.vocab}, (b) caches {'off' if args.no_cache else 'warm, features in ' + args.cache_dtype}"
     )
     head = f"{'variant':10s} {'run':9s} {'utt/s':>8s} {'audio s/s':>9s} {'audio pad':>9s} {'tok pad':>8s} {'peak MiB':>9s} {'probe@0':>9s} {'probe@N':>9s}"
     print(head)
@@ -363,7 +374,7 @@ def print_table(results: list[dict], args) -> None:
             )
     fills = [r["cache_fill_s"] for r in results if r.get("cache_fill_s")]
     if fills:
-        print(f"(feature cache filled before the (b) runs, untimed: {fills[0]:.1f} s for the first variant)")
+        print(f"(caches filled before the (b) runs, untimed: {fills[0]:.1f} s for the first variant)")
 
 
 def _child_args(args) -> list[str]:
