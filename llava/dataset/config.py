@@ -14,6 +14,7 @@ DATA:
           max_duration: 45
           destination: train              # train | eval | test
           weight: 1.0                     # optional mixing weight
+          name: dev-clean                 # optional: the set's name in training logs (eval_<name>_loss)
   - Parquet:                              # generic files: say where they are and what columns mean
       datapath: ${DATA_ROOT}/my_corpus
       task: ASR
@@ -105,7 +106,9 @@ _DATASET_KEYS = (
     "no_punctuation",
     *_IGNORED_DATASET_KEYS,
 )
-_PARTITION_KEYS = ("amount", "min_duration", "max_duration", "destination", "weight")
+_PARTITION_KEYS = ("amount", "min_duration", "max_duration", "destination", "weight", "name")
+# A partition's `name:` becomes part of metric names (eval_<name>_loss): keep it to safe characters.
+_SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _TOP_KEYS = ("DATA", "INPUTS_TEXT_LIST", "OUTPUTS_TEXT_LIST", "PROMPT_FORMAT")
 
 
@@ -120,6 +123,9 @@ class PartitionConfig:
     max_duration: float | None  # seconds, inclusive; None = no bound
     destination: str  # train | eval | test
     weight: float = 1.0  # mixing weight: expected uses of each row per training epoch
+    # The `name:` key: names the set in training logs (eval partitions are evaluated and logged per
+    # name, `eval_<name>_loss`; partitions given one name are pooled); None: a name from the source.
+    set_name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -306,7 +312,13 @@ def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionCo
     if dest not in DESTINATIONS:
         raise ctx.error(f"{where}.destination", f"expected one of {list(DESTINATIONS)}, got {dest!r}")
     weight = _number(spec.get("weight", 1.0), ctx, f"{where}.weight", allow_none=False, positive=True)
-    return PartitionConfig(str(name), amount, lo, hi, dest, weight)
+    set_name = spec.get("name")
+    if set_name is not None and not (isinstance(set_name, str) and _SET_NAME.fullmatch(set_name)):
+        raise ctx.error(
+            f"{where}.name",
+            f"expected a name of letters, digits, '_', '.', '-' (e.g. dev-clean), got {set_name!r}",
+        )
+    return PartitionConfig(str(name), amount, lo, hi, dest, weight, set_name)
 
 
 def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:

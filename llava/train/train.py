@@ -38,6 +38,7 @@ from llava.model.compile import compile_llm
 from llava.model.feature_cache import attach_feature_cache
 from llava.model.text_cache import attach_text_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
+from llava.train.eval_sets import check_best_model_metric, eval_set_names, split_eval_sets
 from llava.train.objectives import build_objective
 from llava.train.parsing import parse_training_args
 from llava.train.throughput import attach_throughput
@@ -155,8 +156,8 @@ def build_datasets(
             strict=data_args.strict_data,
             **text_options,
         )
-        if data_args.max_eval_samples and len(eval_ds) > data_args.max_eval_samples:
-            eval_ds = torch.utils.data.Subset(eval_ds, range(data_args.max_eval_samples))
+        # One set per named eval partition (a dict: eval_<name>_loss), each capped at max_eval_samples.
+        eval_ds = split_eval_sets(eval_ds, data_args.max_eval_samples or None)
     return train_ds, eval_ds
 
 
@@ -172,6 +173,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     resume = resume_checkpoint(training_args)
     data_config = load_data_config(data_args.data_config_path)
     prompts = prompt_settings(data_args, data_config)  # unknown format, missing system-prompt file
+    check_best_model_metric(training_args, eval_set_names(data_config.for_destination("eval")))
     if data_args.audio_nwp:
         check_word_boundaries(data_config)
     if loss_args.contrastive_training and not loss_args.contrastive_gather:

@@ -136,6 +136,8 @@ class SpeechTrainer(Trainer):
         self.nonfinite_steps = 0
         # Logged means: name -> [sum (a device tensor until logging time), count].
         self._term_sums: dict[str, list] = {}
+        # The metric prefix while evaluate() runs ("eval", or "eval_<name>" for each of several sets).
+        self._eval_prefix: str | None = None
         self._reset_step()
         self._last_skip: str | None = None
         if self.is_deepspeed_enabled:
@@ -163,9 +165,22 @@ class SpeechTrainer(Trainer):
             for name, value in terms.items():
                 self._add(self._step_terms, name, value.detach())
         else:
+            prefix = self._eval_prefix or "eval"
             for name, value in terms.items():
-                self._add(self._term_sums, "eval_" + name, value.detach())
+                self._add(self._term_sums, f"{prefix}_{name}", value.detach())
         return (loss, {"loss": loss}) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        """The Trainer's evaluation, remembering the metric prefix so each objective term is logged
+        under it: `eval_<term>`, or `eval_<name>_<term>` for each of several validation sets (a dict
+        `eval_dataset`, which the Trainer evaluates set by set with the prefix `eval_<name>`)."""
+        outer, self._eval_prefix = self._eval_prefix, metric_key_prefix
+        try:
+            return super().evaluate(
+                eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+            )
+        finally:
+            self._eval_prefix = outer
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation: the objective's loss only; a batch that cannot be scored gives no loss."""
@@ -259,8 +274,10 @@ class SpeechTrainer(Trainer):
             )
 
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        is_eval = any(k.startswith("eval_") for k in logs)
-        for name in [n for n in self._term_sums if n.startswith("eval_") == is_eval]:
+        prefix = self._eval_prefix  # set while evaluate() runs: these are that set's metrics
+        is_eval = prefix is not None or any(k.startswith("eval_") for k in logs)
+        head = f"{prefix or 'eval'}_"
+        for name in [n for n in self._term_sums if n.startswith(head) == is_eval]:
             total, count = self._term_sums.pop(name)
             logs[name] = float(total / count)  # the host sync of the logged values, once per log
         if not is_eval:
