@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The embedded default, end to end on a CPU with nothing downloaded:
-#   synthetic corpus -> tiny base models -> stage-1 variants -> stage-2 on 10 % -> evaluation -> report
-# Usage: bash scripts/demo.sh [--smoke] [--seeds N] [--out DIR] [--variants a,b,...]
+#   synthetic corpus -> shipped tiny base models -> frozen-feature cache -> per seed and variant:
+#   stage 1 -> alignment -> stage 2 on 10 % -> evaluation -> one 100 % run -> report and plots
+# Usage: bash scripts/demo.sh [--smoke] [--seeds N] [--out DIR] [--variants a,b,...] [--workers N]
+# A re-run with the same --out continues where an interrupted one stopped.
 # Installs what it needs first (scripts/install.sh) when the package or its extras are missing.
 set -euo pipefail
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -10,37 +10,48 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from llava.demo.phases import PhaseError
-from llava.demo.pipeline import BUDGETS, DEFAULT_VARIANTS, VARIANTS, Study
+from llava.demo.pipeline import BUDGETS, VARIANTS, Study
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llava.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="the smallest run (CI): tiny corpus, a few steps")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds per variant (default 3)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds per variant (default 3; smoke 2)")
     p.add_argument("--out", default="outputs/demo", help="output directory (finished phases are reused)")
     p.add_argument(
         "--variants",
-        default=",".join(DEFAULT_VARIANTS),
-        help=f"comma-separated subset of {list(VARIANTS)}",
+        default=None,
+        help=f"comma-separated subset of {list(VARIANTS)} (default: all; smoke: {','.join(BUDGETS['smoke'].variants)})",
     )
     p.add_argument("--no-full-data", action="store_true", help="skip the 100 %% run of the best variant")
     p.add_argument("--base-models", default=None, help="use DIR/encoder and DIR/llm as the base models")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="(seed, variant) chains run in parallel, one process per core (default: min(2, cores))",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
     )
-    variants = [v for v in args.variants.split(",") if v]
+    budget = BUDGETS["smoke" if args.smoke else "default"]
+    variants = (
+        [v for v in args.variants.split(",") if v] if args.variants else list(budget.variants or VARIANTS)
+    )
+    seeds = budget.seeds if args.seeds is None else args.seeds
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
         p.error(f"--variants: unknown {unknown}; known: {list(VARIANTS)}")
-    if args.seeds < 1:
+    if seeds < 1:
         p.error("--seeds must be >= 1")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -50,12 +61,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     study = Study(
         out,
-        BUDGETS["smoke" if args.smoke else "default"],
-        list(range(args.seeds)),
+        budget,
+        list(range(seeds)),
         variants,
         progress=not args.no_progress,
         full_data=not args.no_full_data,
         base_dir=Path(args.base_models) if args.base_models else None,
+        workers=args.workers if args.workers is not None else min(2, os.cpu_count() or 1),
     )
     t0 = time.perf_counter()
     try:

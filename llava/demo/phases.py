@@ -33,8 +33,18 @@ DIVERGENCE_PATTERNS = ("NonFiniteLossError", "had a non-finite loss")
 _COUNTER = re.compile(r"(\d+)/(\d+) \[")
 
 
+# Set in worker processes (llava.demo.parallel): the terminal line of this worker's progress bars,
+# and whether the study asked every worker to stop before its next phase (another one failed).
+WORKER_SLOT = 0
+STOP_REQUESTED: Callable[[], bool] = lambda: False  # noqa: E731
+
+
 class PhaseError(RuntimeError):
     """A phase failed; the message names it and points at its log."""
+
+
+class StopRequested(RuntimeError):
+    """The study stops (another worker's phase failed) before this phase started."""
 
 
 class DivergedError(RuntimeError):
@@ -54,28 +64,67 @@ def diverged(path: Path) -> bool:
     return phase_info(path).get("status") == "diverged"
 
 
+class DiskScan:
+    """The finished phases of a study directory, read from their DONE.json files: a list of
+    (name, kind, seconds), where the kind of `seed0/pretrain/asr` is "pretrain" and of
+    `full_data/asr/eval` is "eval". Picklable, so worker processes estimate from the same record."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def __call__(self) -> list[tuple[str, str, float]]:
+        found = []
+        for pattern, kind_at in (("seed*/*/*/" + MARKER, 1), ("full_data/*/*/" + MARKER, 0)):
+            for marker in self.root.glob(pattern):
+                phase = marker.parent
+                parts = phase.relative_to(self.root).parts
+                try:
+                    seconds = float(json.loads(marker.read_text()).get("seconds", 0.0))
+                except (OSError, ValueError):
+                    continue  # being renamed into place right now
+                found.append(("/".join(parts), parts[1] if kind_at else parts[2], seconds))
+        return found
+
+
 class Tracker:
     """Timings of the study's phases and a running estimate of the time left.
 
     `plan` maps a phase kind (e.g. "pretrain") to how many phases of that kind the study runs; the
     estimate of what is left multiplies the mean time per finished phase of each kind by the number
-    still to run (kinds not yet seen borrow the overall mean)."""
+    still to run (kinds not yet seen borrow the overall mean), divided by the parallel `workers`.
+    With `scan` (a `DiskScan`) the finished phases are read from disk, which every worker shares."""
 
-    def __init__(self, plan: dict[str, int] | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        plan: dict[str, int] | None = None,
+        progress: bool = True,
+        workers: int = 1,
+        scan: Callable[[], list[tuple[str, str, float]]] | None = None,
+        t0: float | None = None,
+    ) -> None:
         self.plan = dict(plan or {})
         self.progress = progress
+        self.workers = max(1, workers)
+        self.scan = scan
         self.timings: dict[str, float] = {}
         self.kinds: dict[str, str] = {}
-        self.t0 = time.perf_counter()
+        self.t0 = time.time() if t0 is None else t0  # wall clock: shared with worker processes
 
     def record(self, name: str, kind: str, seconds: float) -> None:
         self.timings[name] = seconds
         self.kinds[name] = kind
 
+    def finished(self) -> list[tuple[str, str, float]]:
+        """(name, kind, seconds) of every finished phase known (on disk and in this process)."""
+        seen = {name: (name, kind, secs) for name, kind, secs in (self.scan() if self.scan else [])}
+        for name, secs in self.timings.items():
+            seen[name] = (name, self.kinds[name], secs)
+        return list(seen.values())
+
     def remaining(self) -> float:
         done: dict[str, list[float]] = {}
-        for name, secs in self.timings.items():
-            done.setdefault(self.kinds[name], []).append(secs)
+        for _, kind, secs in self.finished():
+            done.setdefault(kind, []).append(secs)
         overall = [s for v in done.values() for s in v]
         fallback = sum(overall) / len(overall) if overall else 0.0
         left = 0.0
@@ -83,7 +132,7 @@ class Tracker:
             seen = done.get(kind, [])
             mean = sum(seen) / len(seen) if seen else fallback
             left += max(0, count - len(seen)) * mean
-        return left
+        return left / self.workers
 
     def bar(self, name: str, total: int | None, unit: str) -> tqdm:
         return tqdm(
@@ -92,6 +141,7 @@ class Tracker:
             unit=unit,
             disable=not self.progress,
             leave=False,
+            position=WORKER_SLOT,
             mininterval=1.0,
             dynamic_ncols=True,
             file=sys.stderr,
@@ -108,7 +158,7 @@ class Tracker:
             state,
             seconds,
             headline,
-            time.perf_counter() - self.t0,
+            time.time() - self.t0,
             self.remaining(),
         )
 
@@ -130,6 +180,8 @@ def run_phase(
         tracker.record(name, kind, info.get("seconds", 0.0))
         tracker.summary(name, info.get("seconds", 0.0), info, reused=True)
         return out
+    if STOP_REQUESTED():
+        raise StopRequested(f"[{name}] not started: the study is stopping")
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         logger.info("[%s] removing an interrupted attempt at %s", name, tmp)

@@ -22,7 +22,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llava.demo.phases import Tracker, diverged, python, run_command, run_phase
+from llava.demo.parallel import run_parallel
+from llava.demo.phases import DiskScan, Tracker, diverged, python, run_command, run_phase
 
 logger = logging.getLogger("llava.demo")
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +48,7 @@ class Variant:
     data: str = "pretrain_asr.yml"  # the corpus's stage-1 data config
     fix_weights: bool = False  # down-weight the contrastive terms above layer 0 (FIX_WEIGHT)
     finetune: bool = True  # run stage 2 and the evaluations (else stage 1 and alignment only)
+    log_grad_norms: bool = False  # stage 1 logs each loss term's gradient norm at the projector
 
     def projector_options(self) -> dict:
         """`projector_flags` as projector settings (for building a model in-process)."""
@@ -59,12 +61,13 @@ VARIANTS: dict[str, Variant] = {
     "none": Variant("none", None),
     "asr": Variant("asr", "pretrain-asr"),
     "contr-cos-emb": Variant("contr-cos-emb", "pretrain-contr-cos-emb"),
-    "contr-cos-all": Variant("contr-cos-all (as paper)", "pretrain-contr-cos-all"),
+    "contr-cos-all": Variant("contr-cos-all (as paper)", "pretrain-contr-cos-all", log_grad_norms=True),
     "contr-cos-all-fixed": Variant(
         "contr-cos-all (fixed)",
         "pretrain-contr-cos-all",
         projector_flags=FIX_PROJECTOR_FLAGS,
         fix_weights=True,
+        log_grad_norms=True,
     ),
     "contr-cos-all+asr": Variant("contr-cos-all+asr", "pretrain-contr-cos-all+asr"),
     "mixed-nwp": Variant("mixed-nwp", "pretrain-mixed-nwp", data="pretrain_mixed.yml"),
@@ -76,7 +79,6 @@ VARIANTS: dict[str, Variant] = {
         finetune=False,
     ),
 }
-DEFAULT_VARIANTS = list(VARIANTS)
 EVAL_SETS = {"ASR": "eval_asr.yml", "ST": "eval_st.yml", "SQA": "eval_sqa.yml"}
 
 
@@ -98,6 +100,9 @@ class Budget:
     curve_points: int  # stage-2 checkpoints measured for the learning curve
     full_data_steps: int  # stage-2 steps of the 100 % run (0: no such run)
     max_new_tokens: int = 48
+    fill_cache: bool = True  # encode the corpus into the feature cache up front, one process per core
+    seeds: int = 3  # training seeds per variant unless --seeds says otherwise
+    variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
     projector: dict = field(
         default_factory=lambda: {
             "hidden_size": 128,
@@ -125,7 +130,8 @@ BUDGETS = {
     "smoke": Budget(
         "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
         finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
-        full_data_steps=4, max_new_tokens=8,
+        full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
+        fill_cache=False,
     ),
     "default": Budget(
         "small", "small", pretrain_steps=100, finetune_steps=60, batch_size=8, learning_rate=1e-3,
@@ -151,6 +157,7 @@ class Study:
     progress: bool = True
     full_data: bool = True
     base_dir: Path | None = None  # use these base models (encoder/, llm/) instead of shipped/built ones
+    workers: int = 1  # (seed, variant) chains run in parallel processes (llava.demo.parallel)
     tracker: Tracker = field(init=False)
 
     def __post_init__(self) -> None:
@@ -167,9 +174,11 @@ class Study:
                 "alignment": n * len(self.variants),
                 "finetune": n * tuned + full,
                 "eval": n * tuned + full,
-                "cache": 1,
+                "cache": int(self.budget.fill_cache),
             },
             progress=self.progress,
+            workers=self.workers,
+            scan=DiskScan(self.out),
         )
         self._flags: set[str] | None = None
 
@@ -229,12 +238,14 @@ class Study:
     def fill_cache(self, base: Path, corpus: Path) -> Path | None:
         """Encode every utterance of the corpus once, with one process per core, into the frozen-feature
         cache that every training run and evaluation then reads (the encoder is most of a step's cost)."""
-        if self._cache() is None:
+        if self._cache() is None or not self.budget.fill_cache:
             return None
 
         def work(tmp: Path) -> dict:
             workers = str(max(1, min(2, os.cpu_count() or 1)))
-            configs = ["finetune_mixed.yml", "eval_asr.yml", "eval_sqa.yml"]
+            # Stage 2's config holds the sentences (also stage 1's audio) and the passages; the few test
+            # utterances evaluated are encoded on first use.
+            configs = ["finetune_mixed.yml"]
             bar = self.tracker.bar("feature cache", len(configs), "config")
             for config in configs:
                 cmd = [python(), "-m", "llava.model.feature_cache", "--data_config", str(corpus / "configs" / config),
@@ -261,7 +272,8 @@ class Study:
         b = self.budget
         args = [
             "--max_steps", str(steps), "--per_device_train_batch_size", str(b.batch_size),
-            "--gradient_accumulation_steps", "1", "--learning_rate", str(lr), "--logging_steps", "5",
+            "--gradient_accumulation_steps", "1", "--learning_rate", str(lr),
+            "--logging_steps", str(max(1, steps // 10)), "--logging_first_step", "True",
             "--report_to", "none", "--disable_tqdm", "False", "--dataloader_num_workers", "0",
             "--seed", str(seed), *b.projector_flags(), *variant.projector_flags,
         ]  # fmt: skip
@@ -296,6 +308,8 @@ class Study:
                 return {"summary": "random projector"}
             args = self._train_args(self.budget.pretrain_steps, seed, self.budget.learning_rate, variant)
             args += ["--save_strategy", "no", *variant.stage1_flags]
+            if variant.log_grad_norms and self._supports("log_term_grad_norms"):
+                args += ["--log_term_grad_norms", "True"]
             if variant.fix_weights:
                 args += self._layer_weights(base)
             env = self._env(base, corpus / "configs" / variant.data, tmp)
@@ -387,12 +401,15 @@ class Study:
         corpus = self.corpus()
         base = self.base_models(corpus)
         self.fill_cache(base, corpus)
+        jobs = [(key, seed, base, corpus) for seed in self.seeds for key in self.variants]
+        chains = run_parallel(self._chain, jobs, self.workers)
         runs: dict[int, dict[str, dict[str, Path]]] = {}
-        for seed in self.seeds:
-            runs[seed] = {}
-            for key in self.variants:
-                runs[seed][key] = self._chain(key, seed, base, corpus)
+        for (key, seed, _, _), dirs in zip(jobs, chains):
+            runs.setdefault(seed, {})[key] = dirs
         full = self._full_data(runs, base, corpus)
+        for name, kind, seconds in self.tracker.finished():  # phases finished in workers or earlier runs
+            if name not in self.tracker.timings:
+                self.tracker.record(name, kind, seconds)
         from llava.demo.report import write_report
 
         return write_report(self.out, runs, full, base, self.tracker, self.budget)

@@ -46,6 +46,9 @@ def collect(runs: dict[int, dict[str, dict[str, Path]]]) -> dict[str, dict]:
                     row["diverged"][seed] = phase
             pre = phase_info(dirs["pretrain"])
             row["stage1"][seed] = {"loss": pre.get("final_loss", NAN), **pre.get("final_terms", {})}
+            balance = _balance(dirs["pretrain"])
+            if balance:
+                row.setdefault("balance", {})[seed] = balance
             if "alignment" in dirs:
                 for layer, m in phase_info(dirs["alignment"]).get("layers", {}).items():
                     row["r1"].setdefault(int(layer), {})[seed] = 100 * m["r1_speech2text"]
@@ -69,6 +72,69 @@ def collect(runs: dict[int, dict[str, dict[str, Path]]]) -> dict[str, dict]:
             for column, values in final.items():
                 row["metrics"].setdefault(column, {})[seed] = values.get(seed, NAN)
     return data
+
+
+def _balance(run_dir: Path) -> dict:
+    """Per-layer contrastive loss and gradient norm at the projector, at the first and the last logged
+    step of a stage-1 run that logged term gradient norms: {"first"|"last": {layer: {...}}, "steps"}."""
+    path = run_dir / "trainer_state.json"
+    if not path.is_file():
+        return {}
+    logs = [h for h in json.loads(path.read_text()).get("log_history", []) if any(k.startswith("grad_norm_contrastive_layer_") for k in h)]  # fmt: skip
+    if not logs:
+        return {}
+
+    def point(h: dict) -> dict:
+        layers = sorted(int(k.rsplit("_", 1)[1]) for k in h if k.startswith("grad_norm_contrastive_layer_"))
+        return {
+            k: {
+                "loss": h.get(f"contrastive_layer_{k}", NAN),
+                "grad_norm": h[f"grad_norm_contrastive_layer_{k}"],
+            }
+            for k in layers
+        }
+
+    return {"first": point(logs[0]), "last": point(logs[-1]), "steps": [logs[0]["step"], logs[-1]["step"]]}
+
+
+def balance_table(data: dict[str, dict]) -> str:
+    """contr-cos-all as the paper runs it vs fixed: per layer, loss and gradient norm (share of the
+    summed per-term norms) at the projector at the first and the last logged stage-1 step."""
+    labels = _labels()
+    keys = [k for k, row in data.items() if row.get("balance")]
+    if not keys:
+        return ""
+    lines = []
+    for key in keys:
+        per_seed = data[key]["balance"]
+        steps = next(iter(per_seed.values()))["steps"]
+        layers = sorted(next(iter(per_seed.values()))["first"])
+        lines += [
+            f"\n**{labels[key]}** (mean over {len(per_seed)} seed(s); steps {steps[0]} and {steps[1]})\n",
+            "| layer | loss first | loss last | grad norm first | share first | grad norm last | share last |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        cells: dict[str, dict[int, list[float]]] = {}
+        for seed_balance in per_seed.values():
+            for when in ("first", "last"):
+                total = sum(v["grad_norm"] for v in seed_balance[when].values()) or 1.0
+                for k, v in seed_balance[when].items():
+                    cells.setdefault(f"loss {when}", {}).setdefault(k, []).append(v["loss"])
+                    cells.setdefault(f"grad {when}", {}).setdefault(k, []).append(v["grad_norm"])
+                    cells.setdefault(f"share {when}", {}).setdefault(k, []).append(v["grad_norm"] / total)
+
+        for k in layers:
+            lines.append(
+                f"| {k} | {_avg(cells, 'loss first', k, '.3f')} | {_avg(cells, 'loss last', k, '.3f')} "
+                f"| {_avg(cells, 'grad first', k, '.3g')} | {_avg(cells, 'share first', k, '.2f')} "
+                f"| {_avg(cells, 'grad last', k, '.3g')} | {_avg(cells, 'share last', k, '.2f')} |"
+            )
+    return "\n".join(lines)
+
+
+def _avg(cells: dict[str, dict[int, list[float]]], name: str, k: int, fmt: str) -> str:
+    vals = [v for v in cells.get(name, {}).get(k, []) if math.isfinite(v)]
+    return format(sum(vals) / len(vals), fmt) if vals else "n/a"
 
 
 def best_variant(runs: dict[int, dict[str, dict[str, Path]]]) -> str | None:
@@ -249,6 +315,16 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
     terms = stage1_terms(data)
     if terms:
         md += ["## Final stage-1 contrastive loss per layer (ln B = chance)", "", terms, ""]
+    balance = balance_table(data)
+    if balance:
+        md += [
+            "## contr-cos-all: per-layer loss and gradient norm at the projector",
+            "",
+            "Gradient norm of each layer's weighted InfoNCE term with respect to the projector's parameters "
+            "(`--log_term_grad_norms`); share = that norm over the sum of all layers' norms.",
+            balance,
+            "",
+        ]
     if share:
         kept = (
             f"{100 * share['share']:.0f} % of the full-data NLL gain is kept at 10 %."

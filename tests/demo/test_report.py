@@ -9,7 +9,15 @@ import pytest
 
 from llava.demo.phases import MARKER, Tracker
 from llava.demo.pipeline import BUDGETS
-from llava.demo.report import PRIMARY, best_variant, collect, full_data_share, main_table, write_report
+from llava.demo.report import (
+    PRIMARY,
+    balance_table,
+    best_variant,
+    collect,
+    full_data_share,
+    main_table,
+    write_report,
+)
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom (tables)
 
@@ -89,6 +97,26 @@ def test_best_variant_and_full_data_share(tmp_path):
     # seed 0: start 4.5, at 10 % 3.5, at 100 % 3.0 -> (4.5 - 3.5) / (4.5 - 3.0)
     assert share["share"] == pytest.approx(1.0 / 1.5)
     assert share["metrics"]["ASR WER"] == {"10%": pytest.approx(65.0), "100%": 50.0}
+
+
+def test_balance_table_reads_per_layer_gradient_norms(tmp_path):
+    runs = _study(tmp_path)
+    history = [
+        {"step": 1, "loss": 6.0, "contrastive_layer_0": 2.0, "contrastive_layer_2": 2.1,
+         "grad_norm_contrastive_layer_0": 1.0, "grad_norm_contrastive_layer_2": 3.0},
+        {"step": 10, "loss": 5.0},
+        {"step": 20, "loss": 4.0, "contrastive_layer_0": 1.5, "contrastive_layer_2": 2.0,
+         "grad_norm_contrastive_layer_0": 2.0, "grad_norm_contrastive_layer_2": 2.0},
+    ]  # fmt: skip
+    for seed in runs:
+        pre = runs[seed]["contr-cos-all-fixed"]["pretrain"]
+        (pre / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+    data = collect(runs)
+    table = balance_table(data)
+    assert "contr-cos-all (fixed)" in table and "steps 1 and 20" in table
+    # layer 0: loss 2.000 -> 1.500, grad 1 (share 0.25) -> 2 (share 0.50)
+    assert "| 0 | 2.000 | 1.500 | 1 | 0.25 | 2 | 0.50 |" in table
+    assert "| 2 | 2.100 | 2.000 | 3 | 0.75 | 2 | 0.50 |" in table
 
 
 def test_write_report_files_and_significance(tmp_path):
