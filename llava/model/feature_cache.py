@@ -92,15 +92,10 @@ _VOLATILE_CONFIG = {
 
 
 # --------------------------------------------------------------------------------------------- identity
-def weights_digest(
-    module: torch.nn.Module, keep: Callable[[str], bool] | None = None, algorithm: str = "sha256"
-) -> str:
-    """Digest over the parameters and buffers of `module` (those whose name `keep` accepts):
-    names, dtypes, shapes and bytes."""
+def weights_digest(module: torch.nn.Module, algorithm: str = "sha256") -> str:
+    """Digest over every parameter and buffer of `module`: names, dtypes, shapes and bytes."""
     h = hashlib.new(algorithm, usedforsecurity=False)
     for name, tensor in sorted(module.state_dict().items()):
-        if keep is not None and not keep(name):
-            continue
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}|{t.dtype}|{tuple(tensor.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes())
@@ -120,7 +115,9 @@ def _jsonable(value: Any) -> Any:
 def encoder_identity(encoder: AudioEncoder, storage_dtype: str = "bfloat16") -> dict[str, Any]:
     """Everything that determines the cached features of `encoder` (a JSON-able dict)."""
     if storage_dtype not in STORAGE_DTYPES:
-        raise ValueError(f"feature cache storage_dtype {storage_dtype!r}: known {sorted(STORAGE_DTYPES)}")
+        raise ValueError(
+            f"--audio_feature_cache_dtype {storage_dtype!r}: expected one of {sorted(STORAGE_DTYPES)}"
+        )
     config = {
         k: v
         for k, v in encoder.model.config.to_dict().items()
