@@ -7,6 +7,11 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+# What a directory's weights hold: "trainable" = the trained tensors only (projector, LoRA), the base
+# encoder and LLM loaded from the paths the config records (the default; every older checkpoint);
+# "full" = every weight of the model (`python -m llava.export`), loadable with nothing else.
+CHECKPOINT_FORMATS = ("trainable", "full")
+
 
 def _as_config(value: Any, field: str) -> PretrainedConfig | None:
     if value is None:
@@ -37,6 +42,11 @@ class SpeechLlavaConfig(PretrainedConfig):
         encoder_layer: which encoder hidden state feeds the projector (-1 = last layer).
         audio_token_id: id of the `<audio>` placeholder in the tokenizer.
         lora: LoRA settings per component, e.g. `{"llm": {"r": 8, ...}}`; empty when unused.
+        checkpoint_format: one of CHECKPOINT_FORMATS: whether the weights beside this config are the
+            trainable tensors only (default) or the whole model.
+        audio_feature_extractor: the encoder's feature-extractor settings (`to_dict()`), recorded in
+            full exports so a model built from this config alone featurises audio as the original
+            did; None: the default extractor of `audio_config`.
     """
 
     model_type = "speech_llava"
@@ -53,8 +63,19 @@ class SpeechLlavaConfig(PretrainedConfig):
         encoder_layer: int = -1,
         audio_token_id: int | None = None,
         lora: dict | None = None,
+        checkpoint_format: str = "trainable",
+        audio_feature_extractor: dict | None = None,
         **kwargs: Any,
     ) -> None:
+        if checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(
+                f"SpeechLlavaConfig.checkpoint_format {checkpoint_format!r}: expected one of {list(CHECKPOINT_FORMATS)}"
+            )
+        if audio_feature_extractor is not None and not isinstance(audio_feature_extractor, dict):
+            raise TypeError(
+                "SpeechLlavaConfig.audio_feature_extractor: expected a dict (a feature extractor's to_dict()), "
+                f"got {type(audio_feature_extractor).__name__}"
+            )
         self.audio_config = _as_config(audio_config, "audio_config")
         self.text_config = _as_config(text_config, "text_config")
         self.audio_encoder_name_or_path = audio_encoder_name_or_path
@@ -64,4 +85,6 @@ class SpeechLlavaConfig(PretrainedConfig):
         self.encoder_layer = encoder_layer
         self.audio_token_id = audio_token_id
         self.lora = dict(lora or {})
+        self.checkpoint_format = checkpoint_format
+        self.audio_feature_extractor = dict(audio_feature_extractor) if audio_feature_extractor else None
         super().__init__(**kwargs)

@@ -16,36 +16,56 @@ from torch import nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from llava.constants import IGNORE_INDEX
+from llava.model import pretrained
 from llava.model.configuration import SpeechLlavaConfig
 from llava.model.encoders import AudioEncoder
-from llava.model.projectors import build_projector
+from llava.model.projectors import PROJECTORS, build_projector
 
 
-class SpeechLlavaForCausalLM(nn.Module):
+class SpeechLlavaForCausalLM(PreTrainedModel):
     """Members: `audio_tower` (AudioEncoder), `projector`, `language_model` (any causal LM).
 
     Pass pre-built `audio_tower` / `language_model` to wrap pretrained weights (see
-    `llava.model.builder`); otherwise both are built with random weights from the config.
+    `llava.model.builder`); otherwise both are built with random weights from the config (with the
+    LoRA adapters the config records, so a full export's weights fit).
+
+    A `transformers` model: `from_pretrained` reads a trainable-only checkpoint (the base encoder and
+    LLM come from the paths its config records) or a full export (`python -m llava.export`);
+    `save_pretrained` writes the trainable-only format unless `trainable_only=False`
+    (see `llava.model.pretrained`).
     """
+
+    config_class = SpeechLlavaConfig
+    # The LLM is what other libraries (PEFT, embedding resizing) treat as the base model.
+    base_model_prefix = "language_model"
+    main_input_name = "input_ids"
+    # device_map="auto" keeps the audio tower and the projector whole; the LLM's decoder-layer classes
+    # are gathered from the child by post_init.
+    _no_split_modules = ["AudioEncoder", *(cls.__name__ for cls, _ in PROJECTORS.values())]
+    supports_gradient_checkpointing = True
+    # Attention is the sub-models' business; these only let the composite accept the setting.
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
 
     def __init__(
         self,
         config: SpeechLlavaConfig,
         audio_tower: AudioEncoder | None = None,
         language_model: PreTrainedModel | None = None,
-        attn_implementation: str = "sdpa",
+        attn_implementation: str | None = None,
     ) -> None:
-        super().__init__()
         if config.audio_token_id is None:
             raise ValueError(
                 "SpeechLlavaConfig.audio_token_id is not set (see llava.tokenization.add_audio_token)"
             )
-        self.config = config
-        self.audio_tower = audio_tower or AudioEncoder.from_config(
-            config.audio_config, layer=config.encoder_layer, attn_implementation=attn_implementation
-        )
+        super().__init__(config)
+        # None: what the config asks for (from_pretrained(attn_implementation=...)), else sdpa.
+        attn = attn_implementation or getattr(config, "_attn_implementation", None) or "sdpa"
+        self.audio_tower = audio_tower or pretrained.audio_tower_from_config(config, attn)
         self.language_model = language_model or AutoModelForCausalLM.from_config(
-            config.text_config, attn_implementation=attn_implementation
+            config.text_config, attn_implementation=attn
         )
         self.projector = build_projector(
             config.projector_type,
@@ -59,6 +79,50 @@ class SpeechLlavaForCausalLM(nn.Module):
         target = self.projector.match_input_embeddings(self.language_model.get_input_embeddings().weight)
         if target is not None:
             self.config.projector_config["output_norm_target"] = target
+        if audio_tower is None and language_model is None:
+            pretrained.wrap_lora_from_config(self)  # the adapters a full export's weights include
+        self.post_init()
+
+    # ----------------------------------------------------------------------------- transformers API
+    def init_weights(self) -> None:
+        """Tie weights only: each part arrives initialised (the encoder and LLM by their constructors
+        or pretrained weights, the projector by its own), and initialising again would overwrite
+        pretrained weights. `from_pretrained` still initialises what a full export lacks."""
+        pretrained.tie_weights(self)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Modules of our own (projector, wrappers) initialise themselves when built.
+        return
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """A trainable-only checkpoint or a full export (see `llava.model.pretrained.from_pretrained`)."""
+        return pretrained.from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs)
+
+    def save_pretrained(self, save_directory, *args: Any, trainable_only: bool = True, **kwargs: Any):
+        """The trainable-only checkpoint (default) or, with `trainable_only=False`, every weight in
+        safetensors shards (`transformers`' own format; see `llava.model.pretrained.save_pretrained`)."""
+        return pretrained.save_pretrained(
+            self, save_directory, *args, trainable_only=trainable_only, **kwargs
+        )
+
+    def _save_full(self, save_directory, *args: Any, **kwargs: Any):
+        """`PreTrainedModel.save_pretrained` itself (every weight)."""
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def _from_pretrained_full(cls, pretrained_model_name_or_path, *model_args: Any, **kwargs: Any):
+        """`PreTrainedModel.from_pretrained` itself (a directory holding every weight)."""
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     # ----------------------------------------------------------------------------- shapes
     @property
