@@ -104,6 +104,10 @@ class ModelArguments:
     # Start even when that checkpoint lacks some projector tensors (e.g. fewer Q-Former layers);
     # the ones left random are logged by name. Off: a missing tensor is an error listing them.
     allow_partial_projector_init: bool = False
+    # Continue a multi-stage curriculum from an earlier stage's checkpoint: its projector, LoRA adapters
+    # and whatever else it trained (llava.model.stage_init), with a fresh optimiser and schedule (unlike
+    # --resume_from_checkpoint, which resumes an interrupted run of the same stage).
+    init_from: str | None = None
     # Train the projector (the usual setting in both stages).
     tune_mm_mlp_adapter: bool = True
     # Keep the LLM frozen (LoRA adapters, if enabled, still train).

@@ -34,8 +34,10 @@ from llava.model.builder import (
     dtype_by_name,
     load_projector,
 )
+from llava.model.checkpoint import read_config
 from llava.model.compile import compile_llm
 from llava.model.feature_cache import attach_feature_cache
+from llava.model.stage_init import init_from_checkpoint
 from llava.model.text_cache import attach_text_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.eval_sets import check_best_model_metric, eval_set_names, split_eval_sets
@@ -174,6 +176,13 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     data_config = load_data_config(data_args.data_config_path)
     prompts = prompt_settings(data_args, data_config)  # unknown format, missing system-prompt file
     check_best_model_metric(training_args, eval_set_names(data_config.for_destination("eval")))
+    if model_args.init_from:
+        if model_args.pretrain_mm_speech_adapter:
+            raise ValueError(
+                "--init_from and --pretrain_mm_speech_adapter both initialise the projector: give one "
+                "(--init_from also carries LoRA adapters over)"
+            )
+        read_config(model_args.init_from)  # a missing or malformed checkpoint fails here
     if data_args.audio_nwp:
         check_word_boundaries(data_config)
     if loss_args.contrastive_training and not loss_args.contrastive_gather:
@@ -219,6 +228,8 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
             "freeze": "--freeze_modules",
         },
     )
+    if model_args.init_from:  # after LoRA exists, so the previous stage's adapters have a place to go
+        init_from_checkpoint(model, model_args.init_from)
     counts = count_parameters(model)
     logger.info(
         "parameters: %.2fM trainable, %.2fM frozen", counts["trainable"] / 1e6, counts["frozen"] / 1e6
