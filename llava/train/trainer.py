@@ -234,7 +234,7 @@ class SpeechTrainer(Trainer):
         if self._step_scored:
             bad = bad + (~torch.isfinite(torch.as_tensor(self._step_loss, device=device))).float()
         if grads:
-            norms = torch.stack(torch._foreach_norm(grads)).to(device)
+            norms = torch.stack([n.float() for n in torch._foreach_norm(grads)]).to(device)
             bad = bad + (~torch.isfinite(norms)).any().float()
         flags = torch.stack([torch.tensor(float(self._step_scored), device=device), bad])
         world, _ = data_parallel_world()
@@ -247,25 +247,29 @@ class SpeechTrainer(Trainer):
                 entry[0], entry[1] = entry[0] + total, entry[1] + count
             self._reset_step()
             return
-        for p in params:
-            p.grad = None
-        self.skipped_steps += 1
         step = self.state.global_step + 1
-        if not scored:
-            logger.warning(
-                "step %d skipped: no batch of it could be scored (%s)", step, dict(self.skipped_batches)
-            )
-            self._reset_step()
-            return
-        self.nonfinite_steps += 1
         bad_terms = {k: float(t / n) for k, (t, n) in self._step_terms.items() if not torch.isfinite(t / n)}
-        logger.warning(
-            "step %d skipped: non-finite %s (%d so far); weights and optimiser state unchanged",
-            step,
-            f"loss terms {bad_terms}" if bad_terms else "gradients",
-            self.nonfinite_steps,
-        )
         self._reset_step()
+        if self.is_deepspeed_enabled:  # the engine has stepped inside backward already: report only
+            if nonfinite:
+                self.nonfinite_steps += 1
+                logger.warning("step %d: non-finite loss or gradient (DeepSpeed steps inside backward)", step)
+        else:
+            for p in params:
+                p.grad = None
+            self.skipped_steps += 1
+            if not scored:
+                logger.warning(
+                    "step %d skipped: no batch of it could be scored (%s)", step, dict(self.skipped_batches)
+                )
+                return
+            self.nonfinite_steps += 1
+            logger.warning(
+                "step %d skipped: non-finite %s (%d so far); weights and optimiser state unchanged",
+                step,
+                f"loss terms {bad_terms}" if bad_terms else "gradients",
+                self.nonfinite_steps,
+            )
         if self.nonfinite_steps > self.max_nonfinite_steps:
             raise NonFiniteLossError(
                 f"{self.nonfinite_steps} training steps had a non-finite loss or gradient (last: "
