@@ -3,6 +3,10 @@
 The collator expands each `<audio>` placeholder into exactly as many placeholder tokens as the
 projector produces for that segment (`num_audio_tokens`); here those positions are filled with the
 projector outputs by `masked_scatter`, and a count mismatch is an error rather than a silent shift.
+
+Training objectives (`llava.train.objectives`) use four operations and nothing else: `embed_audio`,
+`splice`, `hidden_states` (at chosen layers, stopping after the deepest) and `labelled_logits` (the
+LM head on labelled positions only). The model itself knows nothing about training.
 """
 
 from __future__ import annotations
