@@ -185,7 +185,7 @@ class DataArguments:
     batch_max_seconds: float = 0.0
     # Turn every skipped bad sample into an error.
     strict_data: bool = False
-    # Cap on evaluation samples taken from the eval destination (0 = all).
+    # Cap on evaluation samples of each validation set (each named eval partition; 0 = all).
     max_eval_samples: int = 0
     # Prompt layout (llava.dataset.prompts.PROMPT_FORMATS): original (the paper's: fixed system turn,
     # "<audio>\n{instruction}", one fixed instruction per task) | instruction_first ("{instruction}\n<audio>",
