@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -163,6 +164,12 @@ class Tracker:
         )
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process and of its finished child processes."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def run_phase(
     name: str,
     out: Path,
@@ -188,13 +195,15 @@ def run_phase(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     logger.info("[%s] running ...", name)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_seconds()
     try:
         extra = work(tmp) or {}
     except DivergedError as exc:
         extra = {"status": "diverged", "reason": str(exc), "summary": f"diverged: {exc}"}
     seconds = time.perf_counter() - t0
-    info = {"seconds": seconds, "status": "ok", **extra}
+    # CPU time (this process and the runs it waited for): the cost on an otherwise idle machine,
+    # whatever else shared the cores while the study ran.
+    info = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "status": "ok", **extra}
     (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import platform
+import time
 from pathlib import Path
 
 from llava.demo.evaluation import METRICS
@@ -299,6 +300,18 @@ def phase_totals(tracker: Tracker) -> dict[str, float]:
     return totals
 
 
+def cpu_totals(out: Path) -> dict[str, float]:
+    """CPU seconds per phase kind, from the DONE.json files under a study directory."""
+    totals: dict[str, float] = {}
+    for pattern, kind_at in (("seed*/*/*/DONE.json", 1), ("full_data/*/*/DONE.json", 2)):
+        for marker in out.glob(pattern):
+            parts = marker.parent.relative_to(out).parts
+            cpu = json.loads(marker.read_text()).get("cpu_seconds")
+            if cpu is not None:
+                totals[parts[kind_at]] = totals.get(parts[kind_at], 0.0) + cpu
+    return totals
+
+
 def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) -> dict:
     from llava.demo.plots import write_plots
 
@@ -350,6 +363,11 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         "",
     ]
     md.append("Wall time per phase kind (s): " + ", ".join(f"{k} {v:.0f}" for k, v in totals.items()))
+    cpu = cpu_totals(out)
+    if cpu:
+        md.append("\nCPU time per phase kind (s): " + ", ".join(f"{k} {v:.0f}" for k, v in cpu.items()))
+    elapsed = time.time() - tracker.t0
+    md.append(f"\nThis invocation: {elapsed:.0f} s wall with {tracker.workers} worker process(es).")
     md.append(f"\nMachine: {machine()}")
     (out / "results.md").write_text("\n".join(md) + "\n")
     payload = {
@@ -358,6 +376,7 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         "significance": sig_records,
         "timings": tracker.timings,
         "phase_totals": totals,
+        "cpu_totals": cpu,
         "base_models": {"path": str(base), **phase_info(base)},
         "budget": _jsonable(vars(budget)),
         "machine": machine(),
