@@ -18,6 +18,7 @@ The helpers here are called by the class's own methods; nothing else needs them.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,12 +166,28 @@ def save_pretrained(
 
 
 # ----------------------------------------------------------------------------------------- loading
+def read_config_dict(path: Path) -> dict[str, Any]:
+    """A config.json as a dict; ValueError naming the file when it is not a JSON object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
 def checkpoint_format(path: str | os.PathLike, **hub_kwargs: Any) -> str:
     """The `checkpoint_format` of the config at `path` ("trainable" when the field is absent)."""
-    try:
-        data, _ = PretrainedConfig.get_config_dict(str(path), **hub_kwargs)
-    except OSError as exc:
-        raise OSError(f"{path}: not a speech-llava checkpoint or export ({exc})") from None
+    if Path(path).is_dir() and not hub_kwargs.get("subfolder"):
+        if not (Path(path) / "config.json").is_file():
+            raise FileNotFoundError(f"{path}: not a speech-llava checkpoint or export (no config.json)")
+        data = read_config_dict(Path(path) / "config.json")
+    else:
+        try:
+            data, _ = PretrainedConfig.get_config_dict(str(path), **hub_kwargs)
+        except OSError as exc:
+            raise OSError(f"{path}: not a speech-llava checkpoint or export ({exc})") from None
     if data.get("model_type") != SpeechLlavaConfig.model_type:
         raise ValueError(
             f"{path}: config.json model_type is {data.get('model_type')!r}, expected "
