@@ -3,12 +3,12 @@
 #
 # torch is installed first and pinned (a constraints file), so no later package replaces it: an
 # unpinned resolve would pull the newest CUDA build and several GB of CUDA packages.
-#   EXTRAS           pip extras to install (default: dev,synth,deepspeed,wasserstein)
+#   EXTRAS           pip extras to install (default: dev,synth,deepspeed,wasserstein,serve)
 #   TORCH_INDEX_URL  where torch comes from, e.g. https://download.pytorch.org/whl/cpu for the CPU
 #                    build on a laptop without a GPU (default: the configured pip index)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-EXTRAS="${EXTRAS:-dev,synth,deepspeed,wasserstein}"
+EXTRAS="${EXTRAS:-dev,synth,deepspeed,wasserstein,serve}"
 PY="${PYTHON:-python3}"
 TORCH_VERSION="2.13.0"
 
