@@ -9,6 +9,7 @@ results.md / results.json and plots. Finished phases are reused when the command
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import shutil
@@ -17,7 +18,27 @@ import time
 from pathlib import Path
 
 from llava.demo.phases import PhaseError
-from llava.demo.pipeline import BUDGETS, VARIANTS, Study
+from llava.demo.pipeline import BUDGETS, VARIANTS, Budget, Study
+
+
+def override(budget: Budget, items: list[str]) -> Budget:
+    """`budget` with FIELD=VALUE items applied (values parsed as the field's current type)."""
+    fields = {f.name for f in dataclasses.fields(budget)}
+    changes = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or name not in fields:
+            raise ValueError(f"--set {item!r}: expected FIELD=VALUE with FIELD one of {sorted(fields)}")
+        current = getattr(budget, name)
+        if isinstance(current, bool):
+            changes[name] = value.lower() in ("1", "true", "yes")
+        elif isinstance(current, (int, float, str)):
+            changes[name] = type(current)(value)
+        elif isinstance(current, tuple):
+            changes[name] = tuple(v for v in value.split(",") if v)
+        else:
+            raise ValueError(f"--set {name}: this field cannot be set from the command line")
+    return dataclasses.replace(budget, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,12 +59,23 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="(seed, variant) chains run in parallel, one process per core (default: min(2, cores))",
     )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a budget field, e.g. --set pretrain_steps=200 (see llava.demo.pipeline.Budget)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars (summary lines only)")
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
     )
     budget = BUDGETS["smoke" if args.smoke else "default"]
+    try:
+        budget = override(budget, args.set)
+    except ValueError as exc:
+        p.error(str(exc))
     variants = (
         [v for v in args.variants.split(",") if v] if args.variants else list(budget.variants or VARIANTS)
     )

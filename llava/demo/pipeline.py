@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava.demo.parallel import run_parallel
-from llava.demo.phases import DiskScan, Tracker, diverged, python, run_command, run_phase
+from llava.demo.phases import DiskScan, PhaseError, Tracker, diverged, python, run_command, run_phase
 
 logger = logging.getLogger("llava.demo")
 REPO = Path(__file__).resolve().parents[2]
@@ -222,10 +222,17 @@ class Study:
         def work(tmp: Path) -> dict:
             shipped = _shipped_base_models()
             if shipped is not None:
-                shipped(tmp)
+                try:
+                    shipped(tmp)
+                except Exception as exc:  # a missing or altered file: refuse, never train on it
+                    raise PhaseError(f"shipped base models refused: {exc}") from exc
                 report = tmp / "report.json"
                 info = json.loads(report.read_text()) if report.is_file() else {}
-                return {"source": "shipped", "report": info, "summary": "shipped base models"}
+                return {
+                    "source": "shipped",
+                    "report": info,
+                    "summary": "shipped base models (hashes checked)",
+                }
             cmd = [python(), "-m", "llava.demo.base_models.build", "--corpus", str(corpus), "--out", str(tmp)]
             bar = self.tracker.bar("base models", None, "s")
             run_command("base models", [*cmd, "--budget", self.budget.base_budget], self.out / "base_models.log", bar=bar)  # fmt: skip

@@ -1,0 +1,56 @@
+"""The study's wiring: every flag it passes parses as the training entry point reads it, the fixed
+variant reaches both stages, altered shipped base models stop the study, budget overrides."""
+
+from __future__ import annotations
+
+import pytest
+
+from llava.demo.__main__ import override
+from llava.demo.phases import PhaseError
+from llava.demo.pipeline import BUDGETS, FIX_WEIGHT, VARIANTS, Study
+from llava.train.train import parse_args
+
+
+@pytest.mark.parametrize("key", sorted(VARIANTS))
+def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_dirs, key):
+    enc, llm = tiny_base_dirs
+    base = llm.parent
+    study = Study(tmp_path / "study", BUDGETS["default"], [0], [key], progress=False)
+    variant = VARIANTS[key]
+    args = study._train_args(10, 3, 1e-3, variant)
+    if variant.fix_weights:
+        args += study._layer_weights(base)
+    if variant.log_grad_norms:
+        args += ["--log_term_grad_norms", "True"]
+    model_args, _, loss_args, train_args = parse_args(["--output_dir", str(tmp_path / "o"), *args])[:4]
+    config = model_args.projector_config()
+    assert config["hidden_size"] == BUDGETS["default"].projector["hidden_size"]
+    assert train_args.max_steps == 10 and train_args.seed == 3
+    if key in ("contr-cos-all-fixed", "pos-shift"):
+        assert config["output_norm"] == "rms_match"
+        weights = dict(item.split(":") for item in loss_args.contrastive_layer_weights.split(","))
+        assert float(weights["0"]) == 1.0 and {float(w) for k, w in weights.items() if k != "0"} == {
+            FIX_WEIGHT
+        }
+    else:
+        assert "output_norm" not in config and not loss_args.contrastive_layer_weights
+    if study._supports("audio_feature_cache"):
+        assert str(study.cache_dir) in args
+
+
+def test_altered_shipped_base_models_are_refused(tmp_path, monkeypatch):
+    def refuse(dest):
+        raise RuntimeError("llm/model.safetensors: sha256 does not match the record")
+
+    monkeypatch.setattr("llava.demo.pipeline._shipped_base_models", lambda: refuse)
+    study = Study(tmp_path, BUDGETS["smoke"], [0], ["none"], progress=False)
+    with pytest.raises(PhaseError, match="refused: llm/model.safetensors: sha256"):
+        study.base_models(tmp_path / "corpus")
+    assert not (tmp_path / "base").exists()
+
+
+def test_budget_override():
+    b = override(BUDGETS["default"], ["pretrain_steps=7", "fill_cache=false", "variants=none,asr"])
+    assert (b.pretrain_steps, b.fill_cache, b.variants) == (7, False, ("none", "asr"))
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        override(BUDGETS["default"], ["bogus=1"])
