@@ -47,6 +47,15 @@ __all__ = [
 
 # `from_pretrained` keywords that only say where files come from.
 HUB_KWARGS = ("cache_dir", "force_download", "proxies", "token", "revision", "local_files_only", "subfolder")
+# Keywords the Auto classes and pipelines add, with no bearing on a trainable-only checkpoint.
+_PLUMBING_KWARGS = (
+    "config",
+    "trust_remote_code",
+    "use_safetensors",
+    "_from_auto",
+    "_from_pipeline",
+    "code_revision",
+)
 
 
 # ----------------------------------------------------------------------------------------- building
@@ -240,8 +249,10 @@ def _load_trainable(path: str | os.PathLike, model_args: tuple, kwargs: dict[str
     dtype = _dtype(kwargs.pop("dtype", None) or kwargs.pop("torch_dtype", None))
     device = _device(kwargs.pop("device_map", None))
     attn = kwargs.pop("attn_implementation", None) or "sdpa"
-    for key in (*HUB_KWARGS, "config", "trust_remote_code", "use_safetensors"):
+    for key in (*HUB_KWARGS, *_PLUMBING_KWARGS):
         kwargs.pop(key, None)
+    if kwargs.get("adapter_kwargs") in (None, {}) or set(kwargs["adapter_kwargs"]) <= {"revision", "token"}:
+        kwargs.pop("adapter_kwargs", None)  # the Auto classes pass it along even when there is no adapter
     if kwargs:
         raise TypeError(
             f"from_pretrained({path}): {sorted(kwargs)} are not supported for a trainable-only checkpoint "
