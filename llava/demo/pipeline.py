@@ -19,6 +19,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -483,4 +484,8 @@ def _training_summary(run_dir: Path) -> dict:
     summary = f"step {last.get('step')} loss {last['loss']:.3f}"
     if info["nonfinite_steps"]:
         summary += f", {info['nonfinite_steps']} non-finite steps skipped"
+    log = run_dir / "train.log"
+    found = re.findall(r"\[train\]: (\d+) samples", log.read_text(errors="replace")) if log.is_file() else []
+    if found:  # the size of the training set this run drew from (to state how many epochs it saw)
+        info["train_samples"] = int(found[-1])
     return {**info, "final_terms": terms, "summary": summary}

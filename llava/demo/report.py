@@ -248,6 +248,7 @@ def full_data_share(data: dict[str, dict], full: dict | None) -> dict | None:
         return None
     key = full["variant"]
     info = phase_info(full["eval"])
+    train_full = phase_info(full["finetune"]).get("train_samples") if "finetune" in full else None
     full_curve = info.get("curve", {})
     row = data[key]
     seed = min(s for s in row["metrics"].get(PRIMARY, {}))
@@ -261,7 +262,7 @@ def full_data_share(data: dict[str, dict], full: dict | None) -> dict | None:
         v10, v100 = row["metrics"].get(title, {}).get(seed, NAN), info.get("metrics", {}).get(title)
         if v100 is not None and math.isfinite(v10):
             ratios[title] = {"10%": v10, "100%": v100}
-    return {"variant": key, "seed": seed, "nll_start": start, "nll_10": at10, "nll_100": at100, "share": share, "metrics": ratios}  # fmt: skip
+    return {"variant": key, "seed": seed, "nll_start": start, "nll_10": at10, "nll_100": at100, "share": share, "metrics": ratios, "train_samples_100": train_full}  # fmt: skip
 
 
 def stage1_terms(data: dict[str, dict]) -> str:
@@ -354,6 +355,17 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         md += [
             f"- {t}: {v['10%']:.1f} at 10 %, {v['100%']:.1f} at 100 %" for t, v in share["metrics"].items()
         ]
+        n10 = phase_info(runs[share["seed"]][share["variant"]]["finetune"]).get("train_samples")
+        n100 = share.get("train_samples_100")
+        if n10 and n100:
+            seen10, seen100 = (
+                budget.finetune_steps * budget.batch_size,
+                budget.full_data_steps * budget.batch_size,
+            )
+            md.append(
+                f"\nExposure: the 10 % runs see {seen10} samples ({seen10 / n10:.1f} epochs of {n10}), the 100 % "
+                f"run {seen100} ({seen100 / n100:.2f} epochs of {n100}); the paper fine-tunes 2 epochs in both."
+            )
         md.append("")
     md += [
         "## Which differences are significant",
