@@ -28,7 +28,8 @@ SCORE_KEYS = (
 
 
 def _millions(module: torch.nn.Module) -> str:
-    return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f} M"
+    n = sum(p.numel() for p in module.parameters())
+    return f"{n / 1e6:.1f} M parameters" if n >= 100_000 else f"{n:,} parameters"
 
 
 def _hub_id(value: str | None) -> str | None:

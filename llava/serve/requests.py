@@ -144,10 +144,12 @@ def settings_for(
     penalty = _number(body, "repetition_penalty", 0.01, 10.0)
     if penalty is not None:
         changes["repetition_penalty"] = float(penalty)
-    settings = replace(ctx.defaults, **changes)
-    if settings.do_sample and settings.num_beams > 1:
-        settings = replace(settings, num_beams=1)  # a request that samples overrides server-side beams
-    return settings
+    if changes.get("temperature", ctx.defaults.temperature) > 0:
+        changes["num_beams"] = 1  # a request that samples overrides server-side beam search
+    try:
+        return replace(ctx.defaults, **changes)
+    except ValueError as exc:
+        raise APIError(400, f"invalid decoding settings: {exc}") from None
 
 
 def _row_id(body: Mapping) -> str:
