@@ -8,7 +8,7 @@ Every partition with `destination: test` is its own test set, named `{type}_{tas
 (`llava.dataset.tasks.TASKS[task].metrics`, looked up in `llava.eval.metrics.METRICS`). Per test set,
 in `--results-dir`:
 
-- `{stem}_preds.jsonl`: one record per utterance (`llava.eval.predictions`), appended batch by batch;
+- `{stem}_preds.jsonl`: one record per utterance (`llava.inference.predictions`), appended batch by batch;
   a killed run resumes where it stopped.
 - `{stem}_run.json`: the fingerprint of what made the predictions (trainable weights, base models, the
   data files, config and prompts, the decoding and prompt settings). Resuming under another fingerprint
@@ -43,15 +43,6 @@ from llava.dataset.dataset import SpeechDataset
 from llava.dataset.tasks import Task, get_task
 from llava.eval.alignment import alignment_eval, write_alignment
 from llava.eval.metrics import METRICS, score
-from llava.eval.predictions import (
-    append_predictions,
-    check_run_record,
-    ensure_writable_dir,
-    prediction_record,
-    read_predictions,
-    record_references,
-    write_predictions,
-)
 from llava.fileio import atomic_write_text
 from llava.inference.arguments import (
     add_generation_arguments,
@@ -63,6 +54,15 @@ from llava.inference.arguments import (
 )
 from llava.inference.fingerprint import json_digest, model_fingerprint, parquet_fingerprint
 from llava.inference.generation import GenerationSettings
+from llava.inference.predictions import (
+    append_predictions,
+    check_run_record,
+    ensure_writable_dir,
+    prediction_record,
+    read_predictions,
+    record_references,
+    write_predictions,
+)
 from llava.inference.prompts import PromptOptions, inference_collator
 from llava.inference.runner import predict
 

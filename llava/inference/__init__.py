@@ -6,6 +6,8 @@
   prompt alone or in a batch.
 - `runner`: the batched loop over a dataset (`predict`), longest first, failures accounted for.
 - `fingerprint`: what made a set of predictions, so resumed runs never mix models or data.
+- `predictions`: prediction files (JSON lines written batch by batch) and the run record beside them,
+  shared by evaluation and batch inference.
 - `arguments`: the command-line flags of all of the above.
 - `python -m llava.inference`: batch inference by task on a directory or list of audio files.
 """

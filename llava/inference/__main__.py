@@ -30,13 +30,6 @@ from pathlib import Path
 
 from llava.dataset.prompts import Prompter
 from llava.dataset.tasks import TASKS, Task, get_task
-from llava.eval.predictions import (
-    append_predictions,
-    check_run_record,
-    ensure_writable_dir,
-    read_predictions,
-    write_predictions,
-)
 from llava.inference.arguments import (
     add_generation_arguments,
     add_model_arguments,
@@ -47,6 +40,13 @@ from llava.inference.arguments import (
 )
 from llava.inference.audio_files import AudioFiles, AudioInput, list_audio_inputs
 from llava.inference.fingerprint import model_fingerprint
+from llava.inference.predictions import (
+    append_predictions,
+    check_run_record,
+    ensure_writable_dir,
+    read_predictions,
+    write_predictions,
+)
 from llava.inference.prompts import inference_collator
 from llava.inference.runner import predict
 

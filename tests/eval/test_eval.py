@@ -326,7 +326,7 @@ def test_unwritable_results_dir_fails_before_the_model_loads(setup, tmp_path, mo
     def read_only(*args, **kwargs):  # what a read-only mount does (root ignores chmod)
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr("llava.eval.predictions.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("llava.inference.predictions.tempfile.mkstemp", read_only)
     with pytest.raises(SystemExit, match="Read-only file system"):
         _run(ckpt, config, tmp_path / "ro")
 

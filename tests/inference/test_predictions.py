@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llava.eval.predictions import (
+from llava.inference.predictions import (
     append_predictions,
     check_run_record,
     ensure_writable_dir,
@@ -100,7 +100,7 @@ def test_writable_directory_check(tmp_path, monkeypatch):
     def read_only(*args, **kwargs):  # a read-only mount (root ignores chmod, so simulate it)
         raise PermissionError(30, "Read-only file system")
 
-    monkeypatch.setattr("llava.eval.predictions.tempfile.mkstemp", read_only)
+    monkeypatch.setattr("llava.inference.predictions.tempfile.mkstemp", read_only)
     with pytest.raises(
         PermissionError, match="--results-dir .*: not a writable directory \\(Read-only file system\\)"
     ):
