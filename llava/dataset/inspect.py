@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     from llava.tokenization import add_audio_token, ensure_pad_token
     from llava.train.objectives import build_objective
     from llava.train.parsing import parse_training_args
-    from llava.train.train import build_datasets, prompt_settings
+    from llava.train.train import build_collator, build_datasets, prompt_settings
 
     model_args, data_args, loss_args, training_args, args = parse_training_args(
         argv, extra=(InspectArguments,)
@@ -164,17 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     ds = train_ds if args.destination == "train" else eval_ds
     if ds is None:
         raise ValueError(f"{data_config.path}: no partition has destination 'eval'")
-
-    from llava.dataset.collator import SpeechCollator
-
-    collator = SpeechCollator(
-        tokenizer,
-        count,
-        mode=objective.collator_mode,
-        with_transcript=objective.needs_transcript,
-        max_length=data_args.model_max_length,
-        system_prompt=prompts.system_prompt,
-    )
+    # The same collator as training, so the transcript side has the objective's form.
+    collator = build_collator(tokenizer, count, objective, data_args, prompts.system_prompt)
 
     def decode(ids: list[int]) -> str:
         return tokenizer.decode(ids, skip_special_tokens=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 
 import torch
 from transformers import set_seed
@@ -41,7 +42,7 @@ from llava.model.stage_init import init_from_checkpoint
 from llava.model.text_cache import attach_text_cache
 from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
 from llava.train.eval_sets import check_best_model_metric, eval_set_names, split_eval_sets
-from llava.train.objectives import build_objective
+from llava.train.objectives import ObjectiveSet, build_objective
 from llava.train.parsing import parse_training_args
 from llava.train.throughput import attach_throughput
 from llava.train.trainer import SpeechTrainer
@@ -163,6 +164,26 @@ def build_datasets(
     return train_ds, eval_ds
 
 
+def build_collator(
+    tokenizer,
+    num_audio_tokens: Callable[[int], int],
+    objective: ObjectiveSet,
+    data_args: DataArguments,
+    system_prompt: str | None,
+) -> SpeechCollator:
+    """The training collator for `objective`: its batch layout (chat, mixed), whether it carries the
+    transcript side and in which form ([BOS] + transcript + end token for the mixed contrastive loss)."""
+    return SpeechCollator(
+        tokenizer,
+        num_audio_tokens,
+        mode=objective.collator_mode,
+        with_transcript=objective.needs_transcript,
+        transcript_special_tokens=objective.transcript_special_tokens,
+        max_length=data_args.model_max_length,
+        system_prompt=system_prompt,
+    )
+
+
 def main(argv: list[str] | None = None) -> SpeechTrainer:
     model_args, data_args, loss_args, training_args = parse_args(argv)
     logging.basicConfig(
@@ -245,15 +266,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         )
 
     train_ds, eval_ds = build_datasets(data_args, training_args, data_config, model.audio_tower.sampling_rate)
-    collator = SpeechCollator(
-        tokenizer,
-        model.num_audio_tokens,
-        mode=objective.collator_mode,
-        with_transcript=objective.needs_transcript,
-        transcript_special_tokens=objective.transcript_special_tokens,
-        max_length=data_args.model_max_length,
-        system_prompt=prompts.system_prompt,
-    )
+    collator = build_collator(tokenizer, model.num_audio_tokens, objective, data_args, prompts.system_prompt)
     trainer = SpeechTrainer(
         model=model,
         args=training_args,

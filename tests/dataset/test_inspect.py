@@ -119,3 +119,26 @@ def test_text_output_mixed_mode_without_punctuation(tiny_base_dirs, tmp_path, ca
 def test_bad_destination(tiny_base_dirs, tmp_path):
     with pytest.raises(ValueError, match="no partition has destination 'eval'"):
         main(_argv(tiny_base_dirs, _corpus(tmp_path), "--destination", "eval"))
+
+
+@pytest.mark.parametrize("special", [True, False])
+def test_json_text_side_of_mixed_contrastive_has_the_objectives_form(
+    tiny_base_dirs, tmp_path, capsys, special
+):
+    # Contrastive + mixed compares against [BOS] + transcript + EOS (the original's text side) unless
+    # --mixed_contrastive_special_tokens False: --json must show what training actually feeds the loss.
+    cfg = _corpus(tmp_path)
+    argv = _argv(
+        tiny_base_dirs, cfg, "--json", "--audio_nwp", "True", "--contrastive_training", "True",
+        "--contrastive_layer", "0", "--mixed_contrastive_special_tokens", str(special),
+    )  # fmt: skip
+    assert main(argv) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_base_dirs[1]))
+    assert tok.bos_token_id is not None and tok.eos_token_id is not None
+    for r, text in zip(records, ("one two three four.", "one two three four five six seven."), strict=True):
+        plain = tok(text, add_special_tokens=False)["input_ids"]
+        expected = [tok.bos_token_id, *plain, tok.eos_token_id] if special else plain
+        assert r["text_input_ids"] == expected

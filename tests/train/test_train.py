@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -164,6 +165,37 @@ def test_resume_checkpoint_follows_the_trainer_conventions(tmp_path):
     assert resolve("True") == str(tmp_path / "checkpoint-10")  # numeric, not lexical, order
     assert resolve(None) is None and resolve("False") is None
     assert resolve(str(tmp_path / "checkpoint-2")) == str(tmp_path / "checkpoint-2")
+
+
+@pytest.mark.parametrize(
+    "audio_nwp, loss, mode, transcript, special",
+    [
+        (False, {}, "chat", False, False),
+        (False, {"contrastive_training": True}, "chat", True, False),
+        (True, {}, "mixed", False, False),
+        (True, {"contrastive_training": True, "contrastive_layer": "0"}, "mixed", True, True),
+        (True, {"contrastive_training": True, "contrastive_layer": "0",
+                "mixed_contrastive_special_tokens": False}, "mixed", True, False),
+    ],
+)  # fmt: skip
+def test_build_collator_follows_the_objective(tiny_tokenizer, audio_nwp, loss, mode, transcript, special):
+    from llava.dataset.collator import SpeechCollator
+    from llava.tokenization import add_audio_token
+    from llava.train.arguments import DataArguments, LossArguments
+    from llava.train.objectives import build_objective
+
+    tok = copy.deepcopy(tiny_tokenizer)
+    add_audio_token(tok)
+    data = DataArguments(audio_nwp=audio_nwp, model_max_length=77)
+    objective = build_objective(LossArguments(**loss), data, num_llm_layers=2)
+    collator = train_mod.build_collator(tok, lambda n: n // 320, objective, data, "SYS")
+    assert isinstance(collator, SpeechCollator)
+    assert (collator.mode, collator.with_transcript, collator.transcript_special_tokens) == (
+        mode,
+        transcript,
+        special,
+    )
+    assert (collator.max_length, collator.system_prompt) == (77, "SYS")
 
 
 def test_encoder_lora_settings_default_to_the_llm_flags():
