@@ -122,6 +122,15 @@ BUDGETS: dict[str, Budget] = {
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         chat_copies=2,
     ),
+    # The next shipped models, being built (the same recipe, trained longer).
+    "ship-next": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=1400, lr=5e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, eval_every=200),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+    ),
 }  # fmt: skip
 
 
@@ -198,12 +207,19 @@ def _topline_summary(topline: dict) -> dict:
 
 # ----------------------------------------------------------------------------------- driver
 def _finished(model_dir: Path, stamp: dict) -> dict | None:
-    """The saved report of a complete model directory built with the same settings, else None."""
+    """The saved report of a complete model directory built with the same settings, else None.
+
+    Settings are the seed and the budget's content; a budget renamed with the same content matches.
+    """
     try:
         report = json.loads((model_dir / REPORT_NAME).read_text())
     except (OSError, ValueError):
         return None
-    return report if report.get("build") == stamp else None
+    build = report.get("build")
+    if not isinstance(build, dict):
+        return None
+    same = all(build.get(k) == stamp.get(k) for k in ("seed", "spec"))
+    return report if same else None
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -233,6 +249,7 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
     if (report := _finished(final, stamp)) is not None:
         logger.info("reusing %s", final)
         return report
+    wall0 = time.monotonic()
     rng = np.random.default_rng(seed)
     prompts = PromptBank.load()
     tasks_file = corpus / "text" / "lm_tasks.jsonl"
@@ -289,6 +306,7 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
         report["text_topline_summary"] = {k: _topline_summary(v) for k, v in report["text_topline"].items()}
         report["tokenizer_vocab_size"] = len(tokenizer)
         report["tokenizer_time_s"] = round(tok_time, 1)
+        report["build_wall_s"] = round(time.monotonic() - wall0, 1)  # tokenizer + training + topline
         report["train_examples"] = {
             "plain": len(plain),
             **{t: sum(1 for it in items if it.task == t) * budget.chat_copies for t in TASKS},
@@ -324,6 +342,7 @@ def build_encoder(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dic
         )
         report["decode_skipped"] = skipped
         report["audio_load_time_s"] = round(load_time, 1)
+        report["build_wall_s"] = round(time.monotonic() - t0, 1)  # decoding + training + dev CER
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)
     except BaseException:

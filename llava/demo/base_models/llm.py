@@ -66,7 +66,12 @@ class LlmTrainArgs:
     block_size: int = 256  # tokens per packed block
     prompt_loss_weight: float = 1.0  # loss weight of conversation tokens before the final reply
     lr: float = 3e-3  # peak AdamW learning rate
-    warmup_frac: float = 0.05  # linear warm-up over this fraction of the run, then cosine to 0
+    warmup_frac: float = 0.05  # linear warm-up over this fraction of the run
+    decay_frac: float | None = None  # cosine to 0 over this last fraction of the run, constant LR
+    # before it (None: cosine from the end of the warm-up)
+    # "window": random windows of the concatenated stream (examples cut at window edges);
+    # "whole": blocks filled with whole examples and padding, so no reply is trained without its prompt.
+    packing: str = "window"
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     bf16: bool = False  # bf16 autocast of the forward pass (loss in fp32); slower than fp32 for
@@ -149,6 +154,34 @@ def _stream(
     ids = np.fromiter((t for doc_ids, _ in encoded for t in doc_ids), dtype=np.int64)
     weights = np.fromiter((w for _, doc_weights in encoded for w in doc_weights), dtype=np.float32)
     return ids, weights
+
+
+def pack_whole(
+    encoded: Sequence[tuple[list[int], list[float]]], block: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Examples packed whole, in order, into blocks of `block` tokens: ids [N, block], weights [N, block].
+
+    An example goes into the current block if it fits, else starts a new one; the rest of a block is
+    padding with weight 0. An example longer than a block is cut to its first `block` tokens.
+    """
+    rows: list[tuple[list[int], list[float]]] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    for doc_ids, doc_weights in encoded:
+        doc_ids, doc_weights = doc_ids[:block], doc_weights[:block]
+        if ids and len(ids) + len(doc_ids) > block:
+            rows.append((ids, weights))
+            ids, weights = [], []
+        ids = ids + doc_ids
+        weights = weights + doc_weights
+    if ids:
+        rows.append((ids, weights))
+    out_ids = np.full((len(rows), block), pad_id, dtype=np.int64)
+    out_w = np.zeros((len(rows), block), dtype=np.float32)
+    for r, (row_ids, row_w) in enumerate(rows):
+        out_ids[r, : len(row_ids)] = row_ids
+        out_w[r, : len(row_w)] = row_w
+    return out_ids, out_w
 
 
 def _weighted_nll(
@@ -262,10 +295,21 @@ def train_tiny_llm(
     model = LlamaForCausalLM(default_llm_config(tokenizer, **(config or {})))
     model.train()
 
-    train_stream, train_weights = _stream(train_examples, tokenizer, rng, args.prompt_loss_weight)
-    block = min(args.block_size, len(train_stream) - 1)
+    if args.packing not in ("window", "whole"):
+        raise ValueError(f"LlmTrainArgs.packing: unknown value {args.packing!r}; known: ['whole', 'window']")
+    if args.packing == "whole":
+        order = rng.permutation(len(train_examples))
+        encoded = encode_examples([train_examples[i] for i in order], tokenizer, args.prompt_loss_weight)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        blocks, block_weights = pack_whole(encoded, args.block_size, pad)  # [N, L], [N, L]
+        n_tokens = sum(min(len(ids), args.block_size) for ids, _ in encoded)
+        block = args.block_size
+    else:
+        train_stream, train_weights = _stream(train_examples, tokenizer, rng, args.prompt_loss_weight)
+        n_tokens = len(train_stream)
+        block = min(args.block_size, n_tokens - 1)
     if block < 2:
-        raise ValueError(f"training text too short: {len(train_stream)} tokens")
+        raise ValueError(f"training text too short: {n_tokens} tokens")
 
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "norm" in n]
     decay = [p for n, p in model.named_parameters() if not (p.ndim < 2 or "norm" in n)]
@@ -285,11 +329,15 @@ def train_tiny_llm(
         if progress >= 1.0:
             break
         for group in optimizer.param_groups:
-            group["lr"] = args.lr * lr_factor(progress, args.warmup_frac)
-        # Random windows of the packed stream: each step sees fresh document boundaries.
-        starts = rng.integers(0, len(train_stream) - block, size=args.batch_size)
-        batch = torch.from_numpy(np.stack([train_stream[s : s + block] for s in starts]))  # [B, L]
-        weights = torch.from_numpy(np.stack([train_weights[s : s + block] for s in starts]))  # [B, L]
+            group["lr"] = args.lr * lr_factor(progress, args.warmup_frac, args.decay_frac)
+        if args.packing == "whole":  # random blocks of whole examples
+            rows = rng.integers(0, len(blocks), size=args.batch_size)
+            batch = torch.from_numpy(blocks[rows])  # [B, L]
+            weights = torch.from_numpy(block_weights[rows])  # [B, L]
+        else:  # random windows of the stream: each step sees fresh document boundaries
+            starts = rng.integers(0, len(train_stream) - block, size=args.batch_size)
+            batch = torch.from_numpy(np.stack([train_stream[s : s + block] for s in starts]))  # [B, L]
+            weights = torch.from_numpy(np.stack([train_weights[s : s + block] for s in starts]))  # [B, L]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
             logits = model(input_ids=batch).logits  # [B, L, V]
         nll, w = _weighted_nll(logits, batch, weights)
@@ -320,7 +368,7 @@ def train_tiny_llm(
         "vocab_size": model.config.vocab_size,
         "steps": step,
         "tokens_seen": step * args.batch_size * block,
-        "train_tokens": int(len(train_stream)),
+        "train_tokens": int(n_tokens),
         "train_time_s": round(train_time, 1),
         "first_train_loss": losses[0] if losses else None,
         "final_train_loss": float(np.mean(losses[-args.log_every :])) if losses else None,

@@ -10,7 +10,9 @@ from llava.demo.base_models.llm import (
     LlmTrainArgs,
     dev_loss,
     encode_example,
+    encode_examples,
     generate_replies,
+    pack_whole,
     train_tiny_llm,
 )
 from llava.demo.base_models.tokenizer import EOS, EOT, train_bpe_tokenizer
@@ -119,3 +121,43 @@ def test_generate_replies(trained):
 def test_rejects_empty(tok, tmp_path):
     with pytest.raises(ValueError):
         train_tiny_llm([], [], tok, tmp_path, config=TINY, args=LlmTrainArgs(time_budget_s=None, max_steps=1))
+
+
+def test_encode_examples_match_one_by_one(tok):
+    examples = [SENTENCES[0], *CHATS, SENTENCES[1]]
+    for weight in (1.0, 0.25):
+        assert encode_examples(examples, tok, weight) == [encode_example(e, tok, weight) for e in examples]
+
+
+def test_pack_whole_keeps_examples_whole():
+    docs = [
+        ([1, 2, 3], [1.0, 1.0, 1.0]),
+        ([4, 5], [0.5, 1.0]),
+        ([6, 7, 8, 9], [1.0] * 4),
+        ([10] * 7, [1.0] * 7),
+    ]
+    ids, weights = pack_whole(docs, block=6, pad_id=0)
+    assert ids.tolist() == [[1, 2, 3, 4, 5, 0], [6, 7, 8, 9, 0, 0], [10] * 6]
+    assert weights.tolist() == [[1, 1, 1, 0.5, 1, 0], [1, 1, 1, 1, 0, 0], [1] * 6]
+
+
+def test_whole_packing_trains(tok, tmp_path):
+    args = LlmTrainArgs(
+        time_budget_s=None,
+        max_steps=30,
+        batch_size=4,
+        block_size=64,
+        lr=1e-2,
+        packing="whole",
+        decay_frac=0.3,
+    )
+    report = train_tiny_llm(SENTENCES * 3 + CHATS * 3, [], tok, tmp_path, config=TINY, args=args)
+    assert report["final_train_loss"] < report["first_train_loss"] - 1.0
+    expected = sum(
+        min(len(encode_example(e, tok)[0]), 64) for e in SENTENCES * 3 + CHATS * 3
+    )  # cut to a block
+    assert report["train_tokens"] == expected
+    with pytest.raises(ValueError, match="LlmTrainArgs.packing: unknown value 'zip'"):
+        train_tiny_llm(
+            SENTENCES, [], tok, tmp_path, config=TINY, args=LlmTrainArgs(max_steps=1, packing="zip")
+        )
