@@ -303,12 +303,17 @@ def transcription_job(
         raise APIError(400, "prompt is not supported: the model uses its ASR instruction", param="prompt")
     if str(form.get("stream", "false")).lower() == "true":
         raise APIError(400, "streaming is not supported", param="stream")
-    fields = dict(form)
-    if fields.get("temperature") not in (None, ""):
+    fields = dict(form)  # form values arrive as text
+    for key, kind in (("temperature", float), ("seed", int)):
+        if fields.get(key) in (None, ""):
+            fields.pop(key, None)
+            continue
         try:
-            fields["temperature"] = float(fields["temperature"])
+            fields[key] = kind(fields[key])
         except ValueError:
-            raise APIError(400, "temperature must be a number", param="temperature") from None
+            raise APIError(
+                400, f"{key} must be {'a number' if kind is float else 'an integer'}", param=key
+            ) from None
     settings = settings_for(ctx, fields, max_tokens_keys=())
     wave = decode_upload(ctx, audio, "file")
     language = form.get("language") or None

@@ -185,12 +185,13 @@ def test_transcription_uses_the_asr_instruction_in_the_requested_language(ctx):
         ctx, {"model": "m", "language": "de", "response_format": "text"}, _wav(1.0)
     )
     assert fmt == "text" and "<audio>\nTranskribiere die Audioaufnahme." in german.text
-    sampled, _ = transcription_job(ctx, {"model": "m", "temperature": "0.7", "seed": 3}, _wav(1.0))
-    assert sampled.settings.temperature == 0.7
+    sampled, _ = transcription_job(ctx, {"model": "m", "temperature": "0.7", "seed": "3"}, _wav(1.0))
+    assert sampled.settings.temperature == 0.7 and sampled.row_id == "seed-3"
     for form, param in [
         ({"model": "m", "response_format": "srt"}, "response_format"),
         ({"model": "m", "prompt": "Names: Ada"}, "prompt"),
         ({"model": "m", "temperature": "warm"}, "temperature"),
+        ({"model": "m", "seed": "1.5"}, "seed"),
         ({"model": "m", "stream": "true"}, "stream"),
     ]:
         assert _error(lambda f=form: transcription_job(ctx, f, _wav(1.0))).param == param
