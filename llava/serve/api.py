@@ -353,6 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         device=args.device,
         dtype=resolve_dtype(args.dtype, args.device),
     )
+    if args.audio_feature_cache:  # repeated audio (benchmarks, replays) skips the frozen encoder
+        from llava.model.feature_cache import attach_feature_cache
+
+        attach_feature_cache(model.audio_tower, args.audio_feature_cache)
     processor = SpeechLlavaProcessor.from_model(model, tokenizer)
     name = args.served_model_name or Path(args.model_path).resolve().name
     engine = BatchingEngine(model, tokenizer, processor, **engine_args).start()
