@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
+import soundfile as sf
 import torch
 
 
@@ -41,3 +45,12 @@ def speech_batch(
         )
         batch["text_attention_mask"] = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in text_ids])
     return batch
+
+
+def nan_wav(seconds: float, sr: int = 16000) -> dict:
+    """A parquet audio cell: a float WAV whose header is fine but whose samples are NaN, so only
+    decoding (in the loader, not at load) finds out."""
+    wave = np.full(int(seconds * sr), np.nan, dtype=np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, wave, sr, format="WAV", subtype="FLOAT")
+    return {"bytes": buf.getvalue(), "path": None}

@@ -16,12 +16,15 @@ inference: the prompt rendered with `add_generation_prompt=True`, no labels, lef
 (per row: id, task, prompt, target, references, transcript, source_lang, target_lang) for writing
 predictions.
 
-Bad samples: None entries (audio that failed to decode) are dropped; so are sequences whose prompt and
+Bad samples: None entries (audio that failed to decode) and `SkippedRow` markers (the same, with the
+row's id and reason: `SpeechDataset.sample_or_skip`) are dropped; so are sequences whose prompt and
 audio alone do not fit in `max_length` (with `on_overflow="drop"`; `"error"` raises instead). Longer
 sequences are truncated in the text only: in chat mode the target's tail is cut; in mixed mode the cut
 moves back to before an audio run it would split, and the audio segments past the cut are removed.
-Every batch carries `"skipped": {reason: count}` (possibly empty), a non-tensor key the trainer pops.
-If every sample of a batch is dropped, the batch has zero rows.
+Every batch carries `"skipped": {reason: count}` (possibly empty; the rows dropped from this batch)
+and `"skipped_rows"`: a `SkippedRow` per dropped row whose id is known, so a consumer that sees the
+same row in several batches (epochs, mixing weights) can count it once. Both are non-tensor keys the
+trainer pops. If every sample of a batch is dropped, the batch has zero rows.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from transformers import PreTrainedTokenizerBase
 
 from llava.constants import AUDIO_TOKEN, IGNORE_INDEX
 from llava.dataset.sample import Sample
-from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH
+from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH, SkippedRow
 from llava.tokenization import end_of_turn_token
 
 MODES = ("chat", "mixed")
@@ -282,12 +285,17 @@ class SpeechCollator:
             length += m - length % m
         return length
 
-    def __call__(self, samples: Sequence[Sample | Mapping[str, Any] | None]) -> dict[str, Any]:
+    def __call__(self, samples: Sequence[Sample | Mapping[str, Any] | SkippedRow | None]) -> dict[str, Any]:
         skipped: Counter[str] = Counter()
+        skipped_rows: list[SkippedRow] = []
         ids_rows, label_rows, masks, audio_rows, kept = [], [], [], [], []
         for sample in samples:
             if sample is None:
                 skipped[BAD_AUDIO] += 1
+                continue
+            if isinstance(sample, SkippedRow):
+                skipped[sample.reason] += 1
+                skipped_rows.append(sample)
                 continue
             if not isinstance(sample, Sample):
                 sample = Sample.from_mapping(sample)
@@ -300,6 +308,7 @@ class SpeechCollator:
                 if self.on_overflow == "error":
                     raise ValueError(str(exc)) from None
                 skipped[EXCEEDS_MAX_LENGTH] += 1
+                skipped_rows.append(SkippedRow(sample.id, EXCEEDS_MAX_LENGTH))
                 continue
             ids_rows.append(ids)
             label_rows.append(labels)
@@ -340,4 +349,5 @@ class SpeechCollator:
             batch["ids"] = [s.id for s in kept]
             batch["meta"] = [{k: getattr(s, k) for k in _META_KEYS} for s in kept]
         batch["skipped"] = dict(skipped)
+        batch["skipped_rows"] = skipped_rows
         return batch

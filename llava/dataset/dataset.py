@@ -10,7 +10,9 @@ Item i is a `Sample` (llava.dataset.sample), or None when its audio fails to dec
 counted once per row in `dataset.skips` (in the process that decoded it; a row fetched again in a
 later epoch is not counted twice) and the collator drops the None and reports it in the batch. Rows
 that fail metadata checks were already removed at construction, so None is rare. With `strict=True`
-every bad row raises instead.
+every bad row raises instead. `sample_or_skip(i)` returns a `SkippedRow` (id, reason, source) in
+place of None: the trainer fetches items that way, so rows skipped inside loader workers reach the
+end-of-run summary, each row counted once.
 
 Public per-item metadata that needs no audio decoding: `row_id(i)` / `row_ids()` (unique: a
 duplicate is an error at construction), `task_name(i)` and `reference(i)` (the scoring references).
@@ -40,7 +42,7 @@ from llava.dataset.interleave import InterleaveOptions, interleave
 from llava.dataset.prompts import DEFAULT_PROMPT_FORMAT, PromptBank, Prompter
 from llava.dataset.sample import Sample
 from llava.dataset.seeding import stable_rng
-from llava.dataset.skips import BAD_WORD_BOUNDARIES, DataError, SkipCounter
+from llava.dataset.skips import BAD_WORD_BOUNDARIES, DataError, SkipCounter, SkippedRow
 from llava.dataset.sources import ParquetSource
 
 logger = logging.getLogger(__name__)
@@ -250,6 +252,12 @@ class SpeechDataset(Dataset):
                 logger.warning("skipping sample: %s", msg)
 
     def __getitem__(self, i: int) -> Sample | None:
+        item = self.sample_or_skip(i)
+        return None if isinstance(item, SkippedRow) else item
+
+    def sample_or_skip(self, i: int) -> Sample | SkippedRow:
+        """Item i, or the marker of a row that cannot be used (its id, reason and source), which the
+        collator drops and reports in the batch so that counts are exact across loader workers."""
         s, k = (int(x) for x in self.index[i])
         src = self.sources[s]
         row_id = src.row_id(k)
@@ -258,13 +266,13 @@ class SpeechDataset(Dataset):
             sample = src.sample(k, self.prompter, rng, no_punctuation=self.no_punctuation)
         except AudioDecodeError as exc:
             self._fail(src, row_id, exc.reason, f"{src.spec.path}: row {row_id}: {exc.reason}: {exc}", exc)
-            return None
+            return SkippedRow(row_id, exc.reason, src.name)
         if self.interleave_options is not None:
             if not sample.word_boundaries:
                 # Validated at load; only --no_punctuation can leave a row without any word.
                 msg = f"{src.spec.path}: row {row_id}: {BAD_WORD_BOUNDARIES}: no word left to interleave"
                 self._fail(src, row_id, BAD_WORD_BOUNDARIES, msg, None)
-                return None
+                return SkippedRow(row_id, BAD_WORD_BOUNDARIES, src.name)
             segments = interleave(
                 sample.word_boundaries, sample.audio, row_id, self.interleave_options, self.sampling_rate
             )

@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         )
 
     train_ds, eval_ds = build_datasets(data_args, training_args, data_config, model.audio_tower.sampling_rate)
+    # Rows left out at load; the rows dropped while training come from the trainer, once per row id
+    # (with loader workers the dataset's own counter never sees them).
+    load_skips = train_ds.skips.copy()
     collator = build_collator(tokenizer, model.num_audio_tokens, objective, data_args, prompts.system_prompt)
     trainer = SpeechTrainer(
         model=model,
@@ -285,14 +288,10 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     logger.info("data-parallel processes: %d (this is rank %d)", world, rank)
     trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(training_args.output_dir)
+    skips = trainer.skip_summary(load_skips)  # gathers over data-parallel ranks: call on every rank
     if data_parallel_world()[1] == 0:
         trainer.state.save_to_json(os.path.join(training_args.output_dir, "trainer_state.json"))
-        # Loader workers decode in their own processes: their skips reach this process only through
-        # the batches (the line below), not through the dataset's counter.
-        where = "at load" if training_args.dataloader_num_workers > 0 else "at load and decode"
-        logger.info("data (%s): %s", where, train_ds.skips.summary())
-        if trainer.skipped_samples:
-            logger.warning("samples skipped in batches: %s", dict(trainer.skipped_samples))
+        (logger.warning if skips else logger.info)("training data: %s", skips.summary())
         logger.info("trainable weights saved to %s", training_args.output_dir)
         for cache in (model.audio_tower.feature_cache, model.text_cache):
             if cache is not None:

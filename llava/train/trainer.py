@@ -4,9 +4,11 @@ What differs from the stock Trainer:
 - what it trains: `ObjectiveModule`, the speech model plus the run's objectives (which may own
   parameters, e.g. a learnable temperature); its forward returns the terms, combined with their
   weights, every term logged separately;
-- skipped work: batches that cannot be scored (no rows left, or one contrastive pair) are skipped
-  and counted; an optimiser step whose loss or gradients are not finite, or that saw no scored
-  batch, is skipped with weights and optimiser state left bit-identical (fatal past a limit);
+- skipped work: rows the collator drops are counted once per row id (`skip_summary`, exact with
+  loader workers, which decode in their own processes); batches that cannot be scored (no rows
+  left, or one contrastive pair) are skipped and counted; an optimiser step whose loss or gradients
+  are not finite, or that saw no scored batch, is skipped with weights and optimiser state left
+  bit-identical (fatal past a limit);
 - checkpoints: trainable weights only, in the format `load_pretrained_model` reads, plus the
   objectives' own state (`objective.safetensors`) so a resumed run continues exactly;
 - the data loaders: duration buckets that never emit a batch too small for the objective.
@@ -32,6 +34,7 @@ from transformers import Trainer, TrainerCallback
 
 from llava.constants import IGNORE_INDEX
 from llava.dataset.sampler import DurationBatchSampler
+from llava.dataset.skips import RowSkips, SkipCounter
 from llava.fileio import atomic_path
 from llava.losses.distributed import data_parallel_world
 from llava.model.checkpoint import load_into, read_weights, save_trainable
@@ -130,7 +133,7 @@ class SpeechTrainer(Trainer):
         self.log_term_grad_norms = log_term_grad_norms
         # Our losses are per-micro-batch means, so the Trainer must scale them for accumulation itself.
         self.model_accepts_loss_kwargs = False
-        self.skipped_samples: Counter[str] = Counter()  # dropped by the collator, by reason
+        self.row_skips = RowSkips()  # training rows the collator dropped, each row id counted once
         self.skipped_batches: Counter[str] = Counter()  # not scored, by reason
         self.skipped_steps = 0  # optimiser steps held back (non-finite or nothing scored)
         self.nonfinite_steps = 0
@@ -149,10 +152,29 @@ class SpeechTrainer(Trainer):
         self.add_callback(_StepGuard(self))
 
     # ----------------------------------------------------------------------------- loss
+    @property
+    def skipped_samples(self) -> Counter[str]:
+        """Training rows the collator dropped, by reason, each row counted once (this process)."""
+        return self.row_skips.counts()
+
+    def skip_summary(self, load_skips: SkipCounter | None = None) -> SkipCounter:
+        """The run's data skips: `load_skips` (rows left out when the dataset was built) plus every
+        training row dropped from a batch, counted once per row id over all data-parallel ranks.
+        Call it on every rank (it gathers) before reading the result on one."""
+        tally = self.row_skips
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self.row_skips)
+            tally = RowSkips()
+            for other in gathered:
+                tally.merge(other)
+        return tally.counter(load_skips)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         skipped = inputs.pop("skipped", None)
-        if skipped:
-            self.skipped_samples.update(skipped)
+        skipped_rows = inputs.pop("skipped_rows", None)
+        if model.training:  # validation rows are not the training data's skips
+            self.row_skips.add_batch(skipped, skipped_rows)
         loss, terms, reason = model(**inputs)
         self._last_skip = reason
         if reason is not None:
@@ -286,8 +308,8 @@ class SpeechTrainer(Trainer):
             logs[name] = float(total / count)  # the host sync of the logged values, once per log
         if not is_eval:
             logs.update(self.objective.log_values())
-            if self.skipped_samples:
-                logs["skipped_samples"] = sum(self.skipped_samples.values())
+            if self.row_skips.total:
+                logs["skipped_samples"] = self.row_skips.total
             if self.skipped_batches:
                 logs["skipped_batches"] = sum(self.skipped_batches.values())
             if self.skipped_steps:
@@ -317,13 +339,13 @@ class SpeechTrainer(Trainer):
             drop_last=args.dataloader_drop_last,
             min_batch_size=self.objective.min_rows(world),
         )
-        dataset, batches = self.train_dataset, sampler
+        dataset, batches = _RowItems(self.train_dataset), sampler
         if (
             args.dataloader_persistent_workers
             and args.dataloader_num_workers > 0
-            and hasattr(dataset, "set_epoch")
+            and hasattr(self.train_dataset, "set_epoch")
         ):
-            dataset, batches = _EpochItems(dataset), _EpochBatches(sampler)
+            batches = _EpochBatches(sampler)
         prepared = self.accelerator.prepare(self._loader(dataset, batches, persistent=True))
         # The sampler already shards by rank: make accelerate's batch-sampler wrapper a passthrough.
         wrapper = getattr(prepared, "batch_sampler", None)
@@ -450,23 +472,28 @@ class _EpochBatches:
         self.sampler.set_epoch(epoch)
 
 
-class _EpochItems(Dataset):
-    """The training dataset indexed by `(epoch, index)` (see `_EpochBatches`)."""
+class _RowItems(Dataset):
+    """The training dataset as the loader sees it: a row that cannot be used comes as a `SkippedRow`
+    (`sample_or_skip`, where the dataset has it) so its id reaches the trainer from any worker; keys
+    are indices, or `(epoch, index)` pairs from `_EpochBatches`."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
+        self._fetch = getattr(dataset, "sample_or_skip", dataset.__getitem__)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, key: tuple[int, int]):
-        epoch, index = key
-        if self.dataset.epoch != epoch:
-            self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+    def __getitem__(self, key: int | tuple[int, int]):
+        if isinstance(key, tuple):
+            epoch, key = key
+            if self.dataset.epoch != epoch:
+                self.dataset.set_epoch(epoch)
+        return self._fetch(key)
 
     def set_epoch(self, epoch: int) -> None:
-        self.dataset.set_epoch(epoch)
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
 
 class _EpochCallback(TrainerCallback):

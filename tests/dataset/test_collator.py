@@ -8,6 +8,7 @@ import torch
 
 from llava.constants import IGNORE_INDEX
 from llava.dataset.collator import SpeechCollator
+from llava.dataset.skips import SkippedRow
 from llava.demo.base_models.tokenizer import train_bpe_tokenizer
 from llava.tokenization import add_audio_token
 
@@ -130,6 +131,15 @@ def test_none_samples_dropped_and_reported(tok):
     assert batch["audio_sample_idx"].tolist() == [0]
     empty = SpeechCollator(tok, n_tokens)([None])
     assert empty["input_ids"].shape == (0, 0) and empty["audio_values"].shape[0] == 0
+    assert batch["skipped_rows"] == [] and empty["skipped_rows"] == []  # no id to report
+
+
+def test_skipped_row_markers_dropped_and_reported_with_their_ids(tok):
+    bad = SkippedRow("src:7", "non_finite_audio", "src")
+    batch = SpeechCollator(tok, n_tokens)([bad, _sample(0, 0.4), None, bad])
+    assert batch["input_ids"].shape[0] == 1 and batch["audio_sample_idx"].tolist() == [0]
+    assert batch["skipped"] == {"non_finite_audio": 2, "bad_audio": 1}  # this batch's drops, per item
+    assert batch["skipped_rows"] == [bad, bad]  # the consumer counts ids once
 
 
 @pytest.mark.parametrize(
@@ -158,6 +168,7 @@ def test_truncation_and_overflow(tok):
     # the prompt and its audio do not fit: dropped and counted, or an error
     dropped = SpeechCollator(tok, n_tokens, max_length=prompt_len)([s, _sample(1, 0.1, "the sun")])
     assert dropped["input_ids"].shape[0] == 1 and dropped["skipped"] == {"exceeds_max_length": 1}
+    assert dropped["skipped_rows"] == [SkippedRow("s0", "exceeds_max_length")]
     assert dropped["audio_values"].shape[0] == 1 and dropped["audio_sample_idx"].tolist() == [0]
     with pytest.raises(ValueError, match="s0: prompt \\+ audio take"):
         SpeechCollator(tok, n_tokens, max_length=prompt_len, on_overflow="error")([s])

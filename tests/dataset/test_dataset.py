@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import io
 import json
 import textwrap
 from collections import Counter
@@ -8,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 from torch.utils.data import DataLoader
 
 from llava.dataset.audio import encode_audio
@@ -19,8 +17,9 @@ from llava.dataset.importers import write_parquet
 from llava.dataset.interleave import InterleaveOptions
 from llava.dataset.prompts import PromptBank
 from llava.dataset.sampler import DurationBatchSampler
-from llava.dataset.skips import DataError
+from llava.dataset.skips import DataError, SkippedRow
 from llava.tokenization import add_audio_token
+from tests.helpers import nan_wav
 
 SR = 16000
 
@@ -28,14 +27,6 @@ SR = 16000
 def _tone(seconds: float, freq: float = 220.0) -> np.ndarray:
     t = np.arange(int(round(seconds * SR))) / SR
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _nan_wav(seconds: float) -> dict:
-    """A float WAV whose header is fine but whose samples are NaN: only decoding finds out."""
-    wave = np.full(int(seconds * SR), np.nan, dtype=np.float32)
-    buf = io.BytesIO()
-    sf.write(buf, wave, SR, format="WAV", subtype="FLOAT")
-    return {"bytes": buf.getvalue(), "path": None}
 
 
 @pytest.fixture
@@ -55,7 +46,7 @@ def corpus(tmp_path: Path) -> Path:
                 "word_boundaries": json.dumps(wb),
             }
         )
-    rows[7]["audio"] = _nan_wav(0.65)
+    rows[7]["audio"] = nan_wav(0.65, SR)
     (tmp_path / "mustc" / "en-de").mkdir(parents=True)
     write_parquet(rows, tmp_path / "mustc" / "en-de" / "train.parquet")
     write_parquet(rows[:6], tmp_path / "mustc" / "en-de" / "dev.parquet")
@@ -139,6 +130,9 @@ def test_training_prompts_seeded_per_sample_and_epoch(corpus):
 
 def test_decode_failure_returns_none_and_counts(corpus, tiny_tokenizer):
     ds = SpeechDataset.from_config(corpus, "train")
+    marker = SkippedRow("MuSTC.ST.en-de:train:7", "non_finite_audio", "MuSTC.ST.en-de:train")
+    assert ds.sample_or_skip(7) == marker
+    assert ds.sample_or_skip(6).id == ds[6].id == "MuSTC.ST.en-de:train:6"
     assert ds[7] is None
     assert ds.skips.as_dict() == {"non_finite_audio": 1}
     assert "non_finite_audio=1" in ds.summary()

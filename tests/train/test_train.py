@@ -241,14 +241,14 @@ def test_dataloader_workers_see_each_epoch(tmp_path, tiny_base_dirs, tiny_corpus
     from llava.dataset.dataset import SpeechDataset
 
     log = tmp_path / "fetched.txt"
-    real = SpeechDataset.__getitem__
+    real = SpeechDataset.sample_or_skip  # how the trainer fetches items
 
     def recording(self, i):
         with open(log, "a") as f:  # appended from the worker processes
             f.write(f"{os.getpid()} {self.epoch}\n")
         return real(self, i)
 
-    monkeypatch.setattr(SpeechDataset, "__getitem__", recording)
+    monkeypatch.setattr(SpeechDataset, "sample_or_skip", recording)
     args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "w", "--num_train_epochs", "2", "--data_subset", "0.2",
                  "--save_strategy", "no")  # fmt: skip
     args[args.index("--dataloader_num_workers") + 1] = "1"
@@ -259,6 +259,51 @@ def test_dataloader_workers_see_each_epoch(tmp_path, tiny_base_dirs, tiny_corpus
     assert str(os.getpid()) not in pids and len(pids) == 1  # one persistent worker did all the loading
     epochs = [int(e) for _, e in rows]
     assert epochs == sorted(epochs) and set(epochs) == {0, 1}
+
+
+def _asr_corpus_with_a_bad_row(root: Path, rows: int = 6, bad: int = 2) -> Path:
+    """`rows` ASR rows of tones, row `bad` with NaN samples (only decoding finds out), mixing weight 2
+    (every row twice per epoch)."""
+    import numpy as np
+
+    from llava.dataset.audio import encode_audio
+    from llava.dataset.importers import write_parquet
+    from tests.helpers import nan_wav
+
+    t = np.arange(int(0.6 * 16000)) / 16000
+    records = []
+    for i in range(rows):
+        wave = (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32)
+        audio = nan_wav(0.6) if i == bad else encode_audio(wave, 16000)
+        records.append({"audio": audio, "transcription": f"one two three {i}", "duration": 0.6})
+    write_parquet(records, root / "asr" / "en-de_train_processed.parquet")
+    cfg = root / "bad_row.yml"
+    cfg.write_text(
+        f"DATA:\n  - MuSTC_NWP:\n      datapath: {root / 'asr'}\n      task: ASR\n      languages: [en-de]\n"
+        "      partitions: {train: {destination: train, weight: 2.0}}\n"
+    )
+    return cfg
+
+
+def test_skip_summary_is_exact_with_loader_workers(tmp_path, tiny_base_dirs, tiny_corpus, caplog):
+    """Rows decoded in worker processes: the bad row, fetched 4 times (weight 2, two epochs) by two
+    workers, is counted once in the end-of-run summary and in the logged skipped_samples."""
+    args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "out", "--num_train_epochs", "2",
+                 "--save_strategy", "no", "--per_device_train_batch_size", "2")  # fmt: skip
+    args[args.index("--dataloader_num_workers") + 1] = "2"
+    args[args.index("--data_config_path") + 1] = str(_asr_corpus_with_a_bad_row(tmp_path))
+    with caplog.at_level("INFO", logger="llava.train"):
+        t = train_mod.main(args)
+    assert t.args.dataloader_num_workers == 2 and t.state.global_step == 12  # 12 items per epoch / 2
+    assert t.train_dataset.skips.as_dict() == {}  # the main process decoded nothing itself
+    assert dict(t.skipped_samples) == {"non_finite_audio": 1}
+    assert list(t.row_skips.rows) == ["MuSTC_NWP.ASR.en-de:en-de_train_processed:2"]
+    assert [h["skipped_samples"] for h in t.state.log_history if "skipped_samples" in h][-1] == 1
+    summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("training data:")]
+    assert summary == [
+        "training data: skipped 1 of 6 samples: non_finite_audio=1\n"
+        "  MuSTC_NWP.ASR.en-de:en-de_train_processed: non_finite_audio=1"
+    ]
 
 
 def test_malformed_data_config_names_file_and_field(tmp_path, tiny_base_dirs, tiny_corpus):

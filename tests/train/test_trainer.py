@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.sample import Sample
+from llava.dataset.skips import SkipCounter, SkippedRow
 from llava.train.arguments import DataArguments, LossArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.trainer import ObjectiveModule, SpeechTrainer
@@ -226,6 +227,36 @@ def test_a_batch_left_with_one_pair_is_skipped_and_counted(tiny_model, tmp_path,
     assert len(skipped) == 1  # that step held back entirely, the other one trained
     assert "no batch of it could be scored" in caplog.text
     assert trainer.state.log_history[-2]["skipped_batches"] == 1
+
+
+class _ToyWithIds(_Toy):
+    """`_Toy` whose bad items come as `SkippedRow` markers through `sample_or_skip`, as a
+    SpeechDataset's do."""
+
+    def sample_or_skip(self, i: int):
+        return SkippedRow(f"u{i}", "non_finite_audio", "toy") if i in self.bad else self.items[i]
+
+
+def test_skipped_training_rows_are_counted_once_per_row_id(tiny_model, tmp_path):
+    model, tok = tiny_model
+    # 3 epochs over a bad row (fetched 3 times), and validation sets that have bad rows of their own
+    trainer = _trainer(
+        model, tok, tmp_path, _ToyWithIds(4, bad=(1,)), _objective(model),
+        eval_dataset=_ToyWithIds(4, bad=(0, 2)),
+        args={"max_steps": -1, "num_train_epochs": 3, "eval_strategy": "steps", "eval_steps": 2},
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 6 and any("eval_loss" in h for h in trainer.state.log_history)
+    assert trainer.skipped_samples == {"non_finite_audio": 1}  # once, not per fetch; no eval rows
+    assert list(trainer.row_skips.rows) == ["u1"]
+    assert [h["skipped_samples"] for h in trainer.state.log_history if "skipped_samples" in h][-1] == 1
+    load = SkipCounter()
+    load.seen = 5
+    load.add("too_long", 1, "toy")
+    summary = trainer.skip_summary(load)
+    assert summary.summary() == (
+        "skipped 2 of 5 samples: too_long=1, non_finite_audio=1\n  toy: too_long=1, non_finite_audio=1"
+    )
 
 
 def test_an_all_text_mixed_batch_gives_a_zero_gradient_step(tiny_model):
