@@ -217,7 +217,16 @@ def default_settings(layers: list[int]) -> list[ProbeSetting]:
         ProbeSetting(
             "rms_match + deep x0.2", output_norm="rms_match", layer_weights=deep_layer_weights(layers, 0.2)
         ),
+        ProbeSetting("deep layers x0.2", layer_weights=deep_layer_weights(layers, 0.2)),
+        ProbeSetting(
+            "rms_match + deep x0.05", output_norm="rms_match", layer_weights=deep_layer_weights(layers, 0.05)
+        ),
     ]
+
+
+def _by_layer(values: dict, layer) -> float:
+    """A per-layer value whether the keys are ints (fresh) or strings (read back from JSON)."""
+    return values[int(layer)] if int(layer) in values else values[str(layer)]
 
 
 def report_markdown(results: list[dict]) -> str:
@@ -240,7 +249,7 @@ def report_markdown(results: list[dict]) -> str:
             lines.append(
                 f"| {k} | {a['loss']:.3f} | {a['grad_norm']:.3g} | {a['grad_share']:.2f} "
                 f"| {a['speech_pairwise_cos']:.3f} | {a['text_pairwise_cos']:.3f} | {b['loss']:.3f} "
-                f"| {b['grad_norm']:.3g} | {b['speech_pairwise_cos']:.3f} | {res['r1_after'][int(k)]:.1f} |"
+                f"| {b['grad_norm']:.3g} | {b['speech_pairwise_cos']:.3f} | {_by_layer(res['r1_after'], k):.1f} |"
             )
         lines.append("")
     return "\n".join(lines)
@@ -291,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--steps", type=int, default=40)
     g.add_argument("--record-every", type=int, default=10)
     g.add_argument("--learning-rate", type=float, default=1e-3)
+    g.add_argument("--seed", type=int, default=0, help="projector initialisation and batch order")
     g.add_argument("--settings", default="", help="comma-separated subset of the setting names")
     g.add_argument("--feature-cache", default=None, help="frozen-feature cache directory")
     r = sub.add_parser("real-scale", help="output-norm mismatch for Llama-3.1-8B and the paper's Q-Former")
@@ -310,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         steps=args.steps,
         record_every=args.record_every,
         learning_rate=args.learning_rate,
+        seed=args.seed,
         projector=BUDGETS["default"].projector_options(),
     )
     base, corpus, out = Path(args.base), Path(args.corpus), Path(args.out)

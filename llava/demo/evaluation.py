@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,17 @@ def evaluate_run(
     from llava.eval.eval import evaluate
     from llava.inference import GenerationSettings, load_model
 
+    clock = time.perf_counter()
+    sections: dict[str, float] = {}
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        sections[name] = sections.get(name, 0.0) + now - clock
+        clock = now
+
     model, tokenizer = load_model(finetuned, audio_feature_cache=cache)
+    lap("load")
     ds, rows, system = dev_rows(corpus / "configs" / "finetune_mixed.yml", budget.nll_limit)
     points = [0, *curve_steps(steps, budget.curve_points)]
     n_rows = sum(len(v) for v in rows.values())
@@ -82,13 +93,15 @@ def evaluate_run(
             )
             (scores[task],) = result.values()  # one test set per config
             bar.update(budget.eval_limit)
+            lap(f"generate {task}")
         curve: dict[int, dict[str, dict[str, float]]] = {}
         for step in points:
             ckpt = (
                 pretrained if step == 0 else finetuned if step == steps else finetuned / f"checkpoint-{step}"
             )
             _load_projector(model, ckpt)
-            curve[step] = dev_nll(model, tokenizer, ds, rows, 8, on_batch=bar.update, system_prompt=system)
+            curve[step] = dev_nll(model, tokenizer, ds, rows, 16, on_batch=bar.update, system_prompt=system)
+            lap("dev nll")
     finally:
         bar.close()
     table = {title: pick_score(scores[task], keys) for title, task, keys, _ in METRICS}
@@ -99,5 +112,6 @@ def evaluate_run(
         "metrics": table,
         "wer_key": next((k for k in METRICS[0][2] if k in scores["ASR"]), None),
         "curve": {str(k): v for k, v in curve.items()},
+        "section_seconds": sections,
         "summary": summary,
     }
