@@ -24,7 +24,10 @@ def test_all_layers_rule(depth, expected):
 
 
 def test_all_layers_is_the_paper_set_at_32():
+    assert all_layers(32) == [0, 5, 10, 15, 20, 25, 32]
     assert set(resolve_layers("all", 32)) == {0, 5, 10, 15, 20, 25, 32}
+    with pytest.raises(ValueError, match="num_hidden_layers must be >= 1"):
+        all_layers(0)
 
 
 @pytest.mark.parametrize(

@@ -285,7 +285,7 @@ def _asr_corpus_with_a_bad_row(root: Path, rows: int = 6, bad: int = 2) -> Path:
     return cfg
 
 
-def test_skip_summary_is_exact_with_loader_workers(tmp_path, tiny_base_dirs, tiny_corpus, caplog):
+def test_rows_failing_in_loader_workers_are_counted_once_at_the_end(tmp_path, tiny_base_dirs, tiny_corpus, caplog):
     """Rows decoded in worker processes: the bad row, fetched 4 times (weight 2, two epochs) by two
     workers, is counted once in the end-of-run summary and in the logged skipped_samples."""
     args = _args(tiny_base_dirs, tiny_corpus, tmp_path / "out", "--num_train_epochs", "2",
