@@ -54,3 +54,27 @@ def nan_wav(seconds: float, sr: int = 16000) -> dict:
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV", subtype="FLOAT")
     return {"bytes": buf.getvalue(), "path": None}
+
+
+# Transcripts of `contrastive_batch`'s utterances, in order.
+TRANSCRIPTS = ["the quick brown fox", "a small cat", "one two three four five"]
+
+
+def contrastive_batch(model, tokenizer, lengths=(12000, 9000, 7000)) -> dict[str, torch.Tensor]:
+    """`speech_batch` with the transcript side: utterance i transcribes `TRANSCRIPTS[i]`."""
+    return speech_batch(model, tokenizer, list(lengths), texts=TRANSCRIPTS[: len(lengths)])
+
+
+def objective_from_flags(model, **flags):
+    """The run's `ObjectiveSet` for `model` from loss flags (and `audio_nwp`), as training builds it."""
+    from llava.train.arguments import DataArguments, LossArguments
+    from llava.train.objectives import build_objective
+
+    data = DataArguments(audio_nwp=flags.pop("audio_nwp", False))
+    return build_objective(LossArguments(**flags), data, model.num_llm_layers)
+
+
+def weighted_loss(objective, model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(Σ weight · term, the terms) of one batch, as the trainer combines them."""
+    terms = objective(model, batch)
+    return sum(objective.weights[k] * v for k, v in terms.items()), terms
