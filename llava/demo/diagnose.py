@@ -55,12 +55,6 @@ def _attach_cache(model, feature_cache: Path | None) -> None:
         attach_feature_cache(model.audio_tower, feature_cache)
 
 
-def _llm_states(model):
-    """The model's "hidden states at these layers" operation (its name differs across versions)."""
-    op = getattr(model, "hidden_states", None)
-    return op if callable(op) else model.llm_hidden_states
-
-
 # ------------------------------------------------------------------------------------ gradient balance
 @dataclass
 class ProbeSetting:
@@ -100,7 +94,7 @@ def contrastive_pass(model, batch: Mapping[str, torch.Tensor], layers: list[int]
     the text side runs without gradient (a fixed target, as in training)."""
     embeds, audio_mask = model.embed_audio(batch["audio_values"], batch["audio_lengths"])  # [B, Q, D]
     speech_mask = audio_mask.long()
-    states = _llm_states(model)
+    states = model.hidden_states  # layer -> [B, L, D]; 0 = the input embeddings
     text_ids, text_mask = batch["text_input_ids"], batch["text_attention_mask"]
     with torch.no_grad():
         text_embeds = model.language_model.get_input_embeddings()(text_ids)  # [B, Lt, D]
@@ -148,12 +142,25 @@ def _batches(dataset, collator, batch_size: int, seed: int) -> Iterator[dict]:
                 yield batch
 
 
+@torch.no_grad()
+def dev_layer_losses(model, batches: list[dict], layers: list[int]) -> dict[int, float]:
+    """Per-layer InfoNCE averaged over fixed dev batches (a steadier measure than one training batch)."""
+    sums = dict.fromkeys(layers, 0.0)
+    for batch in batches:
+        _, _, text_h, text_mask, speech_h, speech_mask = contrastive_pass(model, batch, layers)
+        _, per_layer = layerwise_contrastive_loss(text_h, text_mask, speech_h, speech_mask)
+        for k, v in per_layer.items():
+            sums[k] += float(v)
+    return {k: v / len(batches) for k, v in sums.items()}
+
+
 @dataclass
 class ProbeOptions:
     steps: int = 40
     batch_size: int = 8
     learning_rate: float = 1e-3
     record_every: int = 10
+    dev_batches: int = 12  # dev batches (of batch_size) for the per-layer dev InfoNCE
     seed: int = 0
     align_limit: int = 96  # dev utterances for the R@1 after the steps
     projector: dict = field(default_factory=dict)  # projector settings (without output_norm)
@@ -179,6 +186,10 @@ def probe(base: Path, corpus: Path, setting: ProbeSetting, opts: ProbeOptions, c
     collator = SpeechCollator(tokenizer, model.num_audio_tokens, with_transcript=True)
     params = [p for p in model.projector.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=opts.learning_rate, weight_decay=0.0)
+    dev = SpeechDataset.from_config(config, "eval", train=False)
+    dev_batches = list(itertools.islice(_batches(dev, collator, opts.batch_size, 1234), opts.dev_batches))
+    model.eval()
+    dev_before = dev_layer_losses(model, dev_batches, layers)
     history, t0 = [], time.perf_counter()
     model.train()
     for step, batch in enumerate(_batches(train, collator, opts.batch_size, opts.seed)):
@@ -195,7 +206,7 @@ def probe(base: Path, corpus: Path, setting: ProbeSetting, opts: ProbeOptions, c
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the scripts' --max_grad_norm
         optim.step()
     model.eval()
-    dev = SpeechDataset.from_config(config, "eval", train=False)
+    dev_after = dev_layer_losses(model, dev_batches, layers)
     samples = (dev[i] for i in range(min(len(dev), opts.align_limit)))
     align = alignment_eval(model, tokenizer, samples, layers="all", batch_size=16)
     return {
@@ -203,6 +214,8 @@ def probe(base: Path, corpus: Path, setting: ProbeSetting, opts: ProbeOptions, c
         "flags": setting.flags(),
         "history": history,
         "r1_after": {k: 100 * v["r1_speech2text"] for k, v in align.items()},
+        "dev_loss_before": dev_before,
+        "dev_loss_after": dev_after,
         "seconds": time.perf_counter() - t0,
     }
 
@@ -229,6 +242,10 @@ def _by_layer(values: dict, layer) -> float:
     return values[int(layer)] if int(layer) in values else values[str(layer)]
 
 
+def _dev(res: dict, key: str, layer) -> str:
+    return f"{_by_layer(res[key], layer):.3f}" if key in res else "n/a"
+
+
 def report_markdown(results: list[dict]) -> str:
     """Per setting: per-layer loss / gradient norm / speech pairwise cosine at the first and last
     recorded step, and R@1 after training."""
@@ -241,15 +258,17 @@ def report_markdown(results: list[dict]) -> str:
             f"token embedding norm {first['token_embedding_norm']:.3g}",
             "",
             "| layer | loss @0 | grad @0 | share @0 | speech cos @0 | text cos | loss @end | grad @end "
-            "| speech cos @end | R@1 after |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| speech cos @end | dev loss before → after | R@1 after |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for k in sorted(first["layers"], key=int):
             a, b = first["layers"][k], last["layers"][k]
             lines.append(
                 f"| {k} | {a['loss']:.3f} | {a['grad_norm']:.3g} | {a['grad_share']:.2f} "
                 f"| {a['speech_pairwise_cos']:.3f} | {a['text_pairwise_cos']:.3f} | {b['loss']:.3f} "
-                f"| {b['grad_norm']:.3g} | {b['speech_pairwise_cos']:.3f} | {_by_layer(res['r1_after'], k):.1f} |"
+                f"| {b['grad_norm']:.3g} | {b['speech_pairwise_cos']:.3f} "
+                f"| {_dev(res, 'dev_loss_before', k)} → {_dev(res, 'dev_loss_after', k)} "
+                f"| {_by_layer(res['r1_after'], k):.1f} |"
             )
         lines.append("")
     return "\n".join(lines)

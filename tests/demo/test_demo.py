@@ -63,11 +63,11 @@ def test_smoke_study_interrupted_resumed_and_reused(tmp_path):
         assert (out / name).stat().st_size > 0
     md = (out / "results.md").read_text()
     assert "± " in md and "Which differences are significant" in md
-    # Stage 2 really started from each stage-1 projector; the fixed variant's flags reached both stages.
+    # Stage 2 really started from each stage-1 projector; the fixed variant weighted its layers.
     log = (out / "seed1" / "finetune" / "contr-cos-all-fixed" / "train.log").read_text()
     assert "projector initialised from" in log
-    config = json.loads((out / "seed1" / "pretrain" / "contr-cos-all-fixed" / "config.json").read_text())
-    assert config["projector_config"]["output_norm"] == "rms_match"
+    pre = json.loads((out / "seed1" / "pretrain" / "contr-cos-all-fixed" / "DONE.json").read_text())
+    assert pre["script"] == "pretrain-contr-cos-all.sh" and "--contrastive_layer_weights" in pre["args"]
     preds = list((out / "seed0" / "eval" / "asr" / "ASR").glob("*_preds.jsonl"))
     assert len(preds) == 1 and len(preds[0].read_text().splitlines()) == 4
 
