@@ -22,11 +22,6 @@ from llava.dataset.dataset import SpeechDataset
 NO_LENGTH_LIMIT = 1 << 30  # dev sequences are never truncated
 
 
-def _task(ds: SpeechDataset, i: int) -> str:
-    op = getattr(ds, "task_name", None) or ds.task_of  # the accessor's name differs across versions
-    return op(i)
-
-
 def dev_rows(
     data_config: str | Path, limit_per_task: int
 ) -> tuple[SpeechDataset, dict[str, list[int]], str | None]:
@@ -39,7 +34,7 @@ def dev_rows(
     ds = SpeechDataset.from_config(cfg, "eval", train=False)
     rows: dict[str, list[int]] = {}
     for i in range(len(ds)):
-        task = _task(ds, i)
+        task = ds.task_name(i)
         if len(rows.setdefault(task, [])) < limit_per_task:
             rows[task].append(i)
     system = resolve_system_prompt(None, getattr(cfg, "prompt_format", None) or DEFAULT_PROMPT_FORMAT)
