@@ -135,10 +135,11 @@ BUDGETS = {
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
         fill_cache=False,
     ),
+    # Sized by measurement (CPU seconds per phase, see the README): about 25 minutes on 2 cores.
     "default": Budget(
-        "small", "small", pretrain_steps=100, finetune_steps=60, batch_size=8, learning_rate=1e-3,
-        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=48, curve_points=4,
-        full_data_steps=120,
+        "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=1e-3,
+        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=40, curve_points=4,
+        full_data_steps=800,
     ),
 }  # fmt: skip
 
