@@ -1,5 +1,5 @@
-"""SpeechLlavaForCausalLM as a transformers model: Auto registration, post_init that keeps pretrained
-weights, the trainable-only default format (old checkpoints included) and the full format."""
+"""SpeechLlavaForCausalLM as a transformers model: post_init that keeps pretrained weights, the
+trainable-only default format (old checkpoints included) and the full format."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
-from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+from transformers import AutoModelForCausalLM
 
 from llava.model import (
     LoraSettings,
@@ -22,7 +21,6 @@ from llava.model import (
 )
 from llava.model.encoders import AudioEncoder
 from llava.model.modeling import SpeechLlavaForCausalLM
-from llava.model.processing import SpeechLlavaProcessor
 from tests.conftest import TINY_QFORMER, tiny_encoder_config, tiny_llm_config
 from tests.helpers import speech_batch
 
@@ -42,16 +40,6 @@ def _logits(model, tok):
     batch.pop("labels")
     with torch.no_grad():
         return model.eval()(**batch).logits
-
-
-def test_importing_llava_registers_the_auto_classes():
-    settings = {k: v for k, v in _config().to_dict().items() if k != "model_type"}
-    config = AutoConfig.for_model("speech_llava", **settings)
-    assert type(config) is SpeechLlavaConfig
-    assert type(AutoModelForCausalLM.from_config(config)) is SpeechLlavaForCausalLM
-    assert type(AutoModel.from_config(config)) is SpeechLlavaForCausalLM
-    assert PROCESSOR_MAPPING[SpeechLlavaConfig] is SpeechLlavaProcessor
-    assert SpeechLlavaForCausalLM.config_class is SpeechLlavaConfig
 
 
 def test_post_init_keeps_the_weights_of_given_submodels():

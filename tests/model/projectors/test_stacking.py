@@ -1,0 +1,52 @@
+"""Frame-stacking projectors (linear, mlp): k frames per position, against a direct computation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava.model.projectors import build_projector
+from llava.model.projectors.stacking import LinearProjector, MLPProjector, StackingProjector
+
+
+def _projector(name: str, **options) -> StackingProjector:
+    torch.manual_seed(0)
+    return build_projector(name, {"stack": 3, **options}, encoder_dim=4, llm_dim=6, frame_rate=50.0).eval()
+
+
+def _reference(proj: StackingProjector, feats: torch.Tensor, length: int) -> torch.Tensor:
+    """Position j: frames 3j..3j+2 concatenated (frames past `length` as zeros) through the net."""
+    rows = []
+    for j in range(-(-length // 3)):
+        frames = [feats[t] if t < length else torch.zeros(4) for t in range(3 * j, 3 * j + 3)]
+        rows.append(proj.net(torch.cat(frames)))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("name, cls", [("linear", LinearProjector), ("mlp", MLPProjector)])
+def test_stacked_outputs_equal_a_direct_computation(name, cls):
+    proj = _projector(name)
+    assert isinstance(proj, cls)
+    feats = torch.randn(2, 8, 4)
+    lengths = torch.tensor([8, 4])
+    mask = torch.arange(8)[None] < lengths[:, None]
+    feats[1, 4:] = 100.0  # padding values must not reach a live position
+    with torch.no_grad():
+        out, out_mask = proj(feats, mask)
+    assert out.shape == (2, 3, 6)
+    assert out_mask.sum(1).tolist() == proj.output_lengths(lengths).tolist() == [3, 2]  # ceil(n / 3)
+    with torch.no_grad():
+        for b, n in enumerate(lengths.tolist()):
+            k = -(-n // 3)
+            torch.testing.assert_close(out[b, :k], _reference(proj, feats[b], n))
+
+
+def test_mlp_hidden_width_defaults_to_the_llm_width():
+    assert _projector("mlp").net[0].out_features == 6
+    assert _projector("mlp", hidden_size=10).net[0].out_features == 10
+    assert _projector("linear").net.in_features == 3 * 4
+
+
+def test_stack_must_be_positive():
+    with pytest.raises(ValueError, match="stack must be >= 1, got 0"):
+        _projector("linear", stack=0)
