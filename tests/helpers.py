@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -78,3 +79,29 @@ def weighted_loss(objective, model, batch) -> tuple[torch.Tensor, dict[str, torc
     """(Σ weight · term, the terms) of one batch, as the trainer combines them."""
     terms = objective(model, batch)
     return sum(objective.weights[k] * v for k, v in terms.items()), terms
+
+
+def asr_sample(
+    sample_id: str, audio: np.ndarray, text: str, segments=None, prompt: str = "<audio>\nTranscribe."
+):
+    """An ASR `Sample` of `audio` transcribed as `text` (target and transcript), optionally interleaved."""
+    from llava.dataset.sample import Sample
+
+    return Sample(
+        id=sample_id, task="ASR", audio=audio, prompt=prompt, target=text, transcript=text, segments=segments
+    )
+
+
+def write_asr_config(root: Path, rows: list[dict], weight: float = 1.0) -> Path:
+    """`rows` (parquet records: audio, transcription, duration, ...) as the en-de train partition of an
+    ASR source under `root`, and a data config naming it with mixing `weight`; returns the config.
+    Row k gets the id `MuSTC_NWP.ASR.en-de:en-de_train_processed:k`."""
+    from llava.dataset.importers import write_parquet
+
+    write_parquet(rows, root / "asr" / "en-de_train_processed.parquet")
+    cfg = root / "asr.yml"
+    cfg.write_text(
+        f"DATA:\n  - MuSTC_NWP:\n      datapath: {root / 'asr'}\n      task: ASR\n      languages: [en-de]\n"
+        f"      partitions: {{train: {{destination: train, weight: {weight}}}}}\n"
+    )
+    return cfg

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from llava.dataset.audio import encode_audio
-from llava.dataset.importers import write_parquet
 from llava.dataset.inspect import AUDIO_INDEX, audio_token_counter, collapse_audio_runs, main, render
 from llava.dataset.prompts import PAPER_SYSTEM_PROMPT, PromptBank
+from tests.helpers import write_asr_config
 
 SR = 16000
 TINY_PROJECTOR = [
@@ -44,13 +44,7 @@ def _corpus(root: Path) -> Path:
                 "duration": seconds,
             }
         )
-    write_parquet(rows, root / "nwp" / "en-de_train_processed.parquet")
-    cfg = root / "data.yml"
-    cfg.write_text(
-        f"DATA:\n  - MuSTC_NWP:\n      datapath: {root / 'nwp'}\n      task: ASR\n      languages: [en-de]\n"
-        "      partitions: {train: {destination: train}}\n"
-    )
-    return cfg
+    return write_asr_config(root, rows)
 
 
 def _argv(base_dirs, cfg, *extra):

@@ -270,8 +270,7 @@ def _asr_corpus_with_a_bad_row(root: Path, rows: int = 6, bad: int = 2) -> Path:
     import numpy as np
 
     from llava.dataset.audio import encode_audio
-    from llava.dataset.importers import write_parquet
-    from tests.helpers import nan_wav
+    from tests.helpers import nan_wav, write_asr_config
 
     t = np.arange(int(0.6 * 16000)) / 16000
     records = []
@@ -279,13 +278,7 @@ def _asr_corpus_with_a_bad_row(root: Path, rows: int = 6, bad: int = 2) -> Path:
         wave = (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)).astype(np.float32)
         audio = nan_wav(0.6) if i == bad else encode_audio(wave, 16000)
         records.append({"audio": audio, "transcription": f"one two three {i}", "duration": 0.6})
-    write_parquet(records, root / "asr" / "en-de_train_processed.parquet")
-    cfg = root / "bad_row.yml"
-    cfg.write_text(
-        f"DATA:\n  - MuSTC_NWP:\n      datapath: {root / 'asr'}\n      task: ASR\n      languages: [en-de]\n"
-        "      partitions: {train: {destination: train, weight: 2.0}}\n"
-    )
-    return cfg
+    return write_asr_config(root, records, weight=2.0)
 
 
 def test_rows_failing_in_loader_workers_are_counted_once_at_the_end(

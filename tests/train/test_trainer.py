@@ -10,11 +10,11 @@ import torch
 from transformers import TrainerCallback
 
 from llava.dataset.collator import SpeechCollator
-from llava.dataset.sample import Sample
 from llava.dataset.skips import SkipCounter, SkippedRow
 from llava.train.arguments import DataArguments, LossArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.trainer import ObjectiveModule, SpeechTrainer
+from tests.helpers import asr_sample
 
 TEXTS = ["the quick brown fox", "a small cat", "one two three four five", "the lazy dog"]
 
@@ -29,17 +29,7 @@ class _Toy(torch.utils.data.Dataset):
             audio = (rng.standard_normal(6000 + 700 * i) * 0.1).astype(np.float32)
             text = TEXTS[i % len(TEXTS)]
             segments = [("text", text)] if mixed else None  # a mixed sample that became all text
-            self.items.append(
-                Sample(
-                    id=f"u{i}",
-                    task="ASR",
-                    audio=audio,
-                    prompt="<audio>\nTranscribe.",
-                    target=text,
-                    transcript=text,
-                    segments=segments,
-                )
-            )
+            self.items.append(asr_sample(f"u{i}", audio, text, segments))
         self.durations = [s.duration for s in self.items]
         self.bad = set(bad)
 

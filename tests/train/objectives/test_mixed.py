@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from llava.train.objectives.base import StepInputs
 from llava.train.objectives.mixed import MixedContrastive
-from tests.helpers import TRANSCRIPTS, objective_from_flags, speech_batch, weighted_loss
+from tests.helpers import TRANSCRIPTS, asr_sample, objective_from_flags, speech_batch, weighted_loss
 
 
 def test_mixed_contrastive_text_side_is_bos_transcript_eot_as_the_original(tiny_model):
@@ -17,7 +17,6 @@ def test_mixed_contrastive_text_side_is_bos_transcript_eot_as_the_original(tiny_
     import numpy as np
 
     from llava.dataset.collator import SpeechCollator
-    from llava.dataset.sample import Sample
 
     model, tok = tiny_model
     rng = np.random.default_rng(0)
@@ -26,17 +25,7 @@ def test_mixed_contrastive_text_side_is_bos_transcript_eot_as_the_original(tiny_
         words = text.split()
         audio = (rng.standard_normal(5000 + 900 * i) * 0.1).astype(np.float32)
         segments = [("text", " ".join(words[:2])), ("audio", audio[: 3000 + 500 * i]), ("text", words[-1])]
-        samples.append(
-            Sample(
-                id=f"m{i}",
-                task="ASR",
-                audio=audio,
-                prompt="<audio>",
-                target=text,
-                transcript=text,
-                segments=segments,
-            )
-        )
+        samples.append(asr_sample(f"m{i}", audio, text, segments, prompt="<audio>"))
     objective = objective_from_flags(model, audio_nwp=True, contrastive_training=True)
     collator = SpeechCollator(
         tok,
