@@ -11,11 +11,14 @@ import torch
 
 
 def speech_batch(
-    model, tokenizer, lengths: list[int], texts: list[str] | None = None
+    model, tokenizer, lengths: list[int], texts: list[str] | None = None, seed: int | None = None
 ) -> dict[str, torch.Tensor]:
     """A chat-like training batch: prompt + a run of audio tokens (+ " ok") per utterance, right
     padded, one audio segment of `lengths[i]` random samples per row; labels on the text after the
-    audio. With `texts`, also the transcript side (text_input_ids / text_attention_mask)."""
+    audio. With `texts`, also the transcript side (text_input_ids / text_attention_mask). The
+    waveforms come from torch's global generator, or with `seed` from their own (the same batch
+    however many draws happened before)."""
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
     audio_id = model.config.audio_token_id
     rows = []
     for n in lengths:
@@ -29,7 +32,7 @@ def speech_batch(
         mask[i, : len(r)] = 1
     audio = torch.zeros(len(lengths), max(lengths))
     for i, n in enumerate(lengths):
-        audio[i, :n] = torch.randn(n) * 0.1
+        audio[i, :n] = torch.randn(n, generator=gen) * 0.1
     labels = ids.masked_fill(mask == 0, -100).masked_fill(ids == audio_id, -100)
     batch = dict(
         input_ids=ids,
@@ -105,3 +108,10 @@ def write_asr_config(root: Path, rows: list[dict], weight: float = 1.0) -> Path:
         f"      partitions: {{train: {{destination: train, weight: {weight}}}}}\n"
     )
     return cfg
+
+
+# Training flags for a small Q-Former projector (hidden 32, 2 layers): end-to-end runs of the entry points.
+TINY_PROJECTOR_FLAGS = [
+    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
+    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
+]  # fmt: skip

@@ -18,6 +18,7 @@ from llava.dataset.alignment import (
     main,
     transcript_targets,
 )
+from tests.conftest import tiny_encoder_config
 
 BLANK = 0
 
@@ -124,21 +125,14 @@ def tiny_ctc_model(tmp_path_factory):
     tokenizer = Wav2Vec2CTCTokenizer(
         str(root / "vocab.json"), pad_token="<pad>", unk_token="<pad>", word_delimiter_token="|"
     )
-    config = Wav2Vec2Config(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=[16] * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2,
-        feat_extract_norm="layer",
-        do_stable_layer_norm=True,
-        layerdrop=0.0,
-        mask_time_prob=0.0,
-        vocab_size=len(vocab),
-        pad_token_id=0,
-    )
+    settings = {
+        **tiny_encoder_config("wav2vec2"),
+        "mask_time_prob": 0.0,
+        "vocab_size": len(vocab),
+        "pad_token_id": 0,
+    }
+    settings.pop("model_type")
+    config = Wav2Vec2Config(**settings)
     torch.manual_seed(0)
     Wav2Vec2ForCTC(config).save_pretrained(root)
     tokenizer.save_pretrained(root)

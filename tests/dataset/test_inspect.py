@@ -9,13 +9,9 @@ import pytest
 from llava.dataset.audio import encode_audio
 from llava.dataset.inspect import AUDIO_INDEX, audio_token_counter, collapse_audio_runs, main, render
 from llava.dataset.prompts import PAPER_SYSTEM_PROMPT, PromptBank
-from tests.helpers import write_asr_config
+from tests.helpers import TINY_PROJECTOR_FLAGS, write_asr_config
 
 SR = 16000
-TINY_PROJECTOR = [
-    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
-    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
-]  # fmt: skip
 
 
 def test_collapse_and_render():
@@ -50,7 +46,7 @@ def _corpus(root: Path) -> Path:
 def _argv(base_dirs, cfg, *extra):
     enc, llm = base_dirs
     return ["--model_name_or_path", str(llm), "--audio_encoder", str(enc), "--data_config_path", str(cfg),
-            "--report_to", "none", *TINY_PROJECTOR, *extra]  # fmt: skip
+            "--report_to", "none", *TINY_PROJECTOR_FLAGS, *extra]  # fmt: skip
 
 
 def test_counter_matches_the_model_without_loading_weights(tiny_base_dirs):

@@ -12,37 +12,9 @@ from llava.model import apply_training_mode, build_model
 from llava.model import feature_cache as fc
 from llava.model.feature_cache import FeatureCache, attach_feature_cache, decode_entry, namespace_of
 from tests.conftest import TINY_QFORMER, tiny_encoder_config, tiny_llm_config
+from tests.helpers import speech_batch
 
 LENGTHS = [16000, 9000, 12345]
-
-
-def _batch(model, tokenizer, lengths, seed=0):
-    """Prompt + audio-token run + answer per row, right padded; waveforms from a fixed seed."""
-    g = torch.Generator().manual_seed(seed)
-    audio_id = model.config.audio_token_id
-    rows = [
-        tokenizer("say:")["input_ids"]
-        + [audio_id] * model.num_audio_tokens(n)
-        + tokenizer(" ok")["input_ids"]
-        for n in lengths
-    ]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r)
-        mask[i, : len(r)] = 1
-    audio = torch.zeros(len(lengths), max(lengths))
-    for i, n in enumerate(lengths):
-        audio[i, :n] = torch.randn(n, generator=g) * 0.1
-    labels = ids.masked_fill(mask == 0, -100).masked_fill(ids == audio_id, -100)
-    return dict(
-        input_ids=ids,
-        attention_mask=mask,
-        labels=labels,
-        audio_values=audio,
-        audio_lengths=torch.tensor(lengths),
-    )
 
 
 def _loss(model, batch):
@@ -61,7 +33,7 @@ def _per_utterance(encoder, batch):
 def test_cold_and_warm_cache_give_identical_loss(tiny_model, tmp_path):
     model, tok = tiny_model
     model.train()
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     cold = attach_feature_cache(model.audio_tower, tmp_path)
     loss_cold = _loss(model, batch)
     assert (cold.stats.hits, cold.stats.misses, cold.stats.written) == (0, 3, 3)
@@ -85,7 +57,7 @@ def test_cold_and_warm_cache_give_identical_loss(tiny_model, tmp_path):
 def test_float32_storage_equals_the_uncached_encoder(tiny_model, tmp_path):
     model, tok = tiny_model
     model.eval()
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     loss_plain = _loss(model, batch)
     with torch.no_grad():
         plain, plain_mask = model.audio_tower(batch["audio_values"], batch["audio_lengths"])
@@ -107,7 +79,7 @@ def test_float32_storage_equals_the_uncached_encoder(tiny_model, tmp_path):
 def test_bfloat16_storage_is_the_rounded_feature(tiny_model, tmp_path):
     model, tok = tiny_model
     model.eval()
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     reference = _per_utterance(model.audio_tower, batch)
     loss_plain = _loss(model, batch)
     attach_feature_cache(model.audio_tower, tmp_path)  # bf16 storage by default
@@ -138,7 +110,7 @@ def test_namespace_follows_encoder_identity(tiny_model, tmp_path):
 
 def test_cache_of_another_layer_is_never_read(tiny_model, tmp_path):
     model, tok = tiny_model
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     first = attach_feature_cache(model.audio_tower, tmp_path, storage_dtype="float32")
     last_layer, _ = model.audio_tower(batch["audio_values"], batch["audio_lengths"])
     model.audio_tower.layer = 1  # another output layer, same directory
@@ -154,7 +126,7 @@ def test_cache_of_another_layer_is_never_read(tiny_model, tmp_path):
 
 def test_truncated_or_corrupt_entries_are_recomputed(tiny_model, tmp_path, caplog):
     model, tok = tiny_model
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     cache = attach_feature_cache(model.audio_tower, tmp_path)
     good, _ = model.audio_tower(batch["audio_values"], batch["audio_lengths"])
     paths = sorted(cache.dir.glob("*/*.safetensors"))
@@ -180,7 +152,7 @@ def test_truncated_or_corrupt_entries_are_recomputed(tiny_model, tmp_path, caplo
 
 def test_entry_copied_under_another_key_is_rejected(tiny_model, tmp_path):
     model, tok = tiny_model
-    batch = _batch(model, tok, LENGTHS[:2])
+    batch = speech_batch(model, tok, LENGTHS[:2], seed=0)
     cache = attach_feature_cache(model.audio_tower, tmp_path)
     model.audio_tower(batch["audio_values"], batch["audio_lengths"])
     k0 = cache.key(batch["audio_values"][0, : LENGTHS[0]])
@@ -192,7 +164,7 @@ def test_entry_copied_under_another_key_is_rejected(tiny_model, tmp_path):
 
 def test_full_disk_is_reported_and_training_continues(tiny_model, tmp_path, monkeypatch, caplog):
     model, tok = tiny_model
-    batch = _batch(model, tok, LENGTHS)
+    batch = speech_batch(model, tok, LENGTHS, seed=0)
     calls = []
 
     def full(path, data):
@@ -230,7 +202,7 @@ def test_trainable_encoder_bypasses_the_cache(tiny_tokenizer, tmp_path, caplog):
     apply_training_mode(model, freeze_encoder=True)
     cache = attach_feature_cache(model.audio_tower, tmp_path)
     model.audio_tower.frozen = False  # unfrozen after attaching: bypassed, nothing read or written
-    batch = _batch(model, tok, LENGTHS[:2])
+    batch = speech_batch(model, tok, LENGTHS[:2], seed=0)
     with caplog.at_level(logging.INFO, logger="llava.model.encoders"):
         model.audio_tower(batch["audio_values"], batch["audio_lengths"])
     assert cache.stats.hits + cache.stats.misses == 0 and "bypassed" in caplog.text
@@ -245,7 +217,7 @@ def test_whisper_cache_keeps_the_fixed_window(tiny_tokenizer, tmp_path):
         attn_implementation="eager",
     )
     apply_training_mode(model)
-    batch = _batch(model, tok, [16000, 8000])
+    batch = speech_batch(model, tok, [16000, 8000], seed=0)
     plain, plain_mask = model.audio_tower(batch["audio_values"], batch["audio_lengths"])
     attach_feature_cache(model.audio_tower, tmp_path, storage_dtype="float32")
     cached, mask = model.audio_tower(batch["audio_values"], batch["audio_lengths"])

@@ -15,11 +15,7 @@ from llava.dataset.dataset import SpeechDataset
 from llava.dataset.importers import write_parquet
 from llava.train import train as train_mod
 from llava.train.eval_sets import check_best_model_metric, eval_set_names, split_eval_sets
-
-TINY_PROJECTOR = [
-    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
-    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
-]  # fmt: skip
+from tests.helpers import TINY_PROJECTOR_FLAGS
 
 
 def _asr_files(root, stems):
@@ -137,7 +133,7 @@ def _args(base_dirs, cfg, out, *extra):
         "--model_name_or_path", str(llm), "--audio_encoder", str(enc), "--data_config_path", str(cfg),
         "--output_dir", str(out), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
         "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", "--save_strategy", "no", *TINY_PROJECTOR, *extra,
+        "--disable_tqdm", "True", "--save_strategy", "no", *TINY_PROJECTOR_FLAGS, *extra,
     ]  # fmt: skip
 
 

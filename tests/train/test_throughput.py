@@ -10,11 +10,7 @@ import torch
 from llava.train import throughput as tp
 from llava.train import train as train_mod
 from llava.train.throughput import ThroughputMeter, objective_passes
-
-TINY_PROJECTOR = [
-    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
-    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
-]  # fmt: skip
+from tests.helpers import TINY_PROJECTOR_FLAGS
 
 
 def _batch(lengths, tokens, width, labelled):
@@ -76,7 +72,7 @@ def _args(base_dirs, corpus, out, *extra):
         "--output_dir", str(out), "--per_device_train_batch_size", "4",
         "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
         "--disable_tqdm", "True", "--max_steps", "2", "--save_strategy", "no",
-        "--contrastive_training", "True", "--contrastive_layer", "all", *TINY_PROJECTOR, *extra,
+        "--contrastive_training", "True", "--contrastive_layer", "all", *TINY_PROJECTOR_FLAGS, *extra,
     ]  # fmt: skip
 
 

@@ -18,12 +18,9 @@ from safetensors.torch import load_file
 
 from llava.demo.corpus.attributes import build_attributes
 from llava.train import train as train_mod
+from tests.helpers import TINY_PROJECTOR_FLAGS
 
 REPO = Path(__file__).resolve().parents[2]
-TINY_PROJECTOR = [
-    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
-    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
-]  # fmt: skip
 
 
 def _args(base_dirs, corpus, out, *extra):
@@ -33,7 +30,7 @@ def _args(base_dirs, corpus, out, *extra):
         "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
         "--output_dir", str(out), "--per_device_train_batch_size", "4",
         "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", *TINY_PROJECTOR, *extra,
+        "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS, *extra,
     ]  # fmt: skip
 
 
@@ -335,7 +332,7 @@ def test_pretrain_script_runs_a_few_steps(tmp_path, tiny_base_dirs, tiny_corpus,
     )
     cmd = ["bash", str(REPO / "scripts" / "pretrain" / f"{script}.sh"), "--max_steps", "2",
            "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no",
-           "--disable_tqdm", "True", *TINY_PROJECTOR]  # fmt: skip
+           "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "model.safetensors").is_file()
@@ -382,7 +379,7 @@ def test_two_node_launch_on_one_machine(tmp_path, tiny_base_dirs, tiny_corpus):
                DATA_CONFIG=str(tiny_corpus / "configs" / "pretrain_asr.yml"), OUTPUT_DIR=str(tmp_path / "out"))  # fmt: skip
     cmd = ["bash", str(REPO / "scripts" / "pretrain" / "pretrain-asr.sh"), "--max_steps", "2",
            "--per_device_train_batch_size", "2", "--report_to", "none", "--save_strategy", "no",
-           "--dataloader_num_workers", "0", "--disable_tqdm", "True", *TINY_PROJECTOR]  # fmt: skip
+           "--dataloader_num_workers", "0", "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS]  # fmt: skip
     nodes = [
         subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for _ in range(2)
@@ -498,7 +495,7 @@ def _stage(base_dirs, cfg, out, cache, *extra):
          "--output_dir", str(out), "--per_device_train_batch_size", "4", "--num_train_epochs", "1",
          "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0", "--disable_tqdm", "True",
          "--save_strategy", "no", "--audio_feature_cache", str(cache), "--audio_feature_cache_dtype", "float32",
-         *TINY_PROJECTOR, *extra]
+         *TINY_PROJECTOR_FLAGS, *extra]
     )  # fmt: skip
 
 
@@ -596,7 +593,7 @@ def test_stage_three_script_runs_from_a_stage_two_checkpoint(tmp_path, tiny_base
                CURRICULUM_DIR=str(tmp_path / "c"))  # fmt: skip
     cmd = ["bash", str(REPO / "scripts" / "curriculum" / "stage3_all_tasks.sh"), "--max_steps", "1",
            "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1", "--lora_r", "4",
-           "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True", *TINY_PROJECTOR]  # fmt: skip
+           "--report_to", "none", "--save_strategy", "no", "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS]  # fmt: skip
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "initialised" in proc.stderr and str(s2) in proc.stderr

@@ -14,7 +14,7 @@ from llava.dataset.skips import SkipCounter, SkippedRow
 from llava.train.arguments import DataArguments, LossArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.trainer import ObjectiveModule, SpeechTrainer
-from tests.helpers import asr_sample
+from tests.helpers import TINY_PROJECTOR_FLAGS, asr_sample
 
 TEXTS = ["the quick brown fox", "a small cat", "one two three four five", "the lazy dog"]
 
@@ -315,12 +315,6 @@ def test_term_gradient_norms_are_logged_on_request(tiny_model, tmp_path):
 
 
 # ----------------------------------------------------------------------------- checkpoints (end to end)
-_TINY_PROJECTOR = [
-    "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
-    "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
-]  # fmt: skip
-
-
 def _train_args(base_dirs, corpus, out, *extra):
     enc, llm = base_dirs
     return [
@@ -328,7 +322,7 @@ def _train_args(base_dirs, corpus, out, *extra):
         "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
         "--output_dir", str(out), "--per_device_train_batch_size", "4",
         "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", *_TINY_PROJECTOR, *extra,
+        "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS, *extra,
     ]  # fmt: skip
 
 
