@@ -115,3 +115,16 @@ TINY_PROJECTOR_FLAGS = [
     "--mm_qformer_hidden_size", "32", "--mm_qformer_num_heads", "2",
     "--mm_qformer_intermediate_size", "64", "--mm_qformer_num_hidden_layers", "2",
 ]  # fmt: skip
+
+
+def train_argv(base_dirs, data_config, out, *extra: str) -> list[str]:
+    """Command line of `llava.train.train` for a short CPU run: the tiny base models `base_dirs`
+    (encoder, LLM), `data_config`, output in `out`, batches of 4, logging every step, no workers, a
+    small projector; `extra` flags last (they win)."""
+    enc, llm = base_dirs
+    return [
+        "--model_name_or_path", str(llm), "--audio_encoder", str(enc), "--data_config_path", str(data_config),
+        "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
+        "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS, *extra,
+    ]  # fmt: skip

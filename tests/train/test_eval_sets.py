@@ -15,7 +15,7 @@ from llava.dataset.dataset import SpeechDataset
 from llava.dataset.importers import write_parquet
 from llava.train import train as train_mod
 from llava.train.eval_sets import check_best_model_metric, eval_set_names, split_eval_sets
-from tests.helpers import TINY_PROJECTOR_FLAGS
+from tests.helpers import train_argv
 
 
 def _asr_files(root, stems):
@@ -128,13 +128,9 @@ def _two_set_config(tmp_path, corpus):
 
 
 def _args(base_dirs, cfg, out, *extra):
-    enc, llm = base_dirs
-    return [
-        "--model_name_or_path", str(llm), "--audio_encoder", str(enc), "--data_config_path", str(cfg),
-        "--output_dir", str(out), "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", "--save_strategy", "no", *TINY_PROJECTOR_FLAGS, *extra,
-    ]  # fmt: skip
+    return train_argv(
+        base_dirs, cfg, out, "--per_device_eval_batch_size", "4", "--save_strategy", "no", *extra
+    )
 
 
 def test_training_logs_each_validation_set_under_its_name(tmp_path, tiny_base_dirs, tiny_corpus):

@@ -10,7 +10,7 @@ import torch
 from llava.train import throughput as tp
 from llava.train import train as train_mod
 from llava.train.throughput import ThroughputMeter, objective_passes
-from tests.helpers import TINY_PROJECTOR_FLAGS
+from tests.helpers import train_argv
 
 
 def _batch(lengths, tokens, width, labelled):
@@ -65,15 +65,10 @@ def test_objective_passes_reads_objective_sets():
 
 
 def _args(base_dirs, corpus, out, *extra):
-    enc, llm = base_dirs
-    return [
-        "--model_name_or_path", str(llm), "--audio_encoder", str(enc),
-        "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
-        "--output_dir", str(out), "--per_device_train_batch_size", "4",
-        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", "--max_steps", "2", "--save_strategy", "no",
-        "--contrastive_training", "True", "--contrastive_layer", "all", *TINY_PROJECTOR_FLAGS, *extra,
-    ]  # fmt: skip
+    return train_argv(
+        base_dirs, corpus / "configs" / "pretrain_asr.yml", out, "--max_steps", "2", "--save_strategy", "no",
+        "--contrastive_training", "True", "--contrastive_layer", "all", *extra,
+    )  # fmt: skip
 
 
 @pytest.mark.slow

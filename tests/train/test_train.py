@@ -18,20 +18,13 @@ from safetensors.torch import load_file
 
 from llava.demo.corpus.attributes import build_attributes
 from llava.train import train as train_mod
-from tests.helpers import TINY_PROJECTOR_FLAGS
+from tests.helpers import TINY_PROJECTOR_FLAGS, train_argv
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _args(base_dirs, corpus, out, *extra):
-    enc, llm = base_dirs
-    return [
-        "--model_name_or_path", str(llm), "--audio_encoder", str(enc),
-        "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
-        "--output_dir", str(out), "--per_device_train_batch_size", "4",
-        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS, *extra,
-    ]  # fmt: skip
+    return train_argv(base_dirs, corpus / "configs" / "pretrain_asr.yml", out, *extra)
 
 
 def _weights(d):

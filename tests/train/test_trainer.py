@@ -14,7 +14,7 @@ from llava.dataset.skips import SkipCounter, SkippedRow
 from llava.train.arguments import DataArguments, LossArguments, TrainingArguments
 from llava.train.objectives import build_objective
 from llava.train.trainer import ObjectiveModule, SpeechTrainer
-from tests.helpers import TINY_PROJECTOR_FLAGS, asr_sample
+from tests.helpers import asr_sample, train_argv
 
 TEXTS = ["the quick brown fox", "a small cat", "one two three four five", "the lazy dog"]
 
@@ -316,14 +316,7 @@ def test_term_gradient_norms_are_logged_on_request(tiny_model, tmp_path):
 
 # ----------------------------------------------------------------------------- checkpoints (end to end)
 def _train_args(base_dirs, corpus, out, *extra):
-    enc, llm = base_dirs
-    return [
-        "--model_name_or_path", str(llm), "--audio_encoder", str(enc),
-        "--data_config_path", str(corpus / "configs" / "pretrain_asr.yml"),
-        "--output_dir", str(out), "--per_device_train_batch_size", "4",
-        "--report_to", "none", "--logging_steps", "1", "--dataloader_num_workers", "0",
-        "--disable_tqdm", "True", *TINY_PROJECTOR_FLAGS, *extra,
-    ]  # fmt: skip
+    return train_argv(base_dirs, corpus / "configs" / "pretrain_asr.yml", out, *extra)
 
 
 def test_learnable_temperature_resumes_exactly_and_the_checkpoint_serves_inference(
