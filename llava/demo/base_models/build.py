@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,7 @@ from llava.demo.base_models.chats import (
     TaskText,
     conversation,
     read_task_texts,
+    scrambled_items,
     split_task_texts,
     text_topline,
     training_conversations,
@@ -72,6 +73,7 @@ class Budget:
     encoder_config: dict = field(default_factory=dict)  # overrides of `default_encoder_config`
     chat_copies: int = 2  # conversations per task item (each with a random instruction and layout)
     plain_lines: int = 3000  # plain LM lines mixed in (BOS text EOS: the mixed-NWP format)
+    scrambled: int = 0  # word-shuffled repeat items per sentence (pure copying; see chats.scrambled_items)
     encoder_max_train: int | None = None  # training utterances used (None: all)
     max_dev: int = 200  # dev utterances scored for CER
     topline_n: int | None = None  # items per task in the text topline (None: the whole split)
@@ -125,11 +127,12 @@ BUDGETS: dict[str, Budget] = {
     # The next shipped models, being built (the same recipe, trained longer).
     "ship-next": Budget(
         vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=1400, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, eval_every=200),
+        llm_args=dict(time_budget_s=None, max_steps=2400, lr=5e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200),
         encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         chat_copies=2,
+        scrambled=1,
     ),
 }  # fmt: skip
 
@@ -206,20 +209,36 @@ def _topline_summary(topline: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------- driver
+# The budget fields each model depends on: a model is reused when these (and the seed) are unchanged.
+PART_FIELDS = {
+    "llm": ("vocab_size", "llm_args", "llm_config", "chat_copies", "plain_lines", "scrambled", "max_dev",
+            "topline_n", "eval_n"),
+    "encoder": ("encoder_args", "encoder_config", "encoder_max_train", "max_dev"),
+}  # fmt: skip
+
+
 def _finished(model_dir: Path, stamp: dict) -> dict | None:
     """The saved report of a complete model directory built with the same settings, else None.
 
-    Settings are the seed and the budget's content; a budget renamed with the same content matches.
+    Settings are the seed and the budget fields that model depends on (`PART_FIELDS`); a budget
+    renamed, or differing only in the other model's fields, matches.
     """
     try:
         report = json.loads((model_dir / REPORT_NAME).read_text())
     except (OSError, ValueError):
         return None
     build = report.get("build")
-    if not isinstance(build, dict):
+    if not isinstance(build, dict) or build.get("seed") != stamp.get("seed"):
         return None
-    same = all(build.get(k) == stamp.get(k) for k in ("seed", "spec"))
-    return report if same else None
+    keys = PART_FIELDS[model_dir.name]
+    return report if _same_spec(build.get("spec") or {}, stamp.get("spec") or {}, keys) else None
+
+
+def _same_spec(saved: dict, current: dict, keys: Sequence[str]) -> bool:
+    """Budget contents equal, a field missing on one side counting as its default (fields added later)."""
+    defaults = {f.name: f.default for f in fields(Budget) if f.default is not MISSING}
+    defaults.update({f.name: f.default_factory() for f in fields(Budget) if f.default_factory is not MISSING})
+    return all(saved.get(k, defaults.get(k)) == current.get(k, defaults.get(k)) for k in keys)
 
 
 def _install(tmp: Path, final: Path) -> None:
@@ -260,6 +279,8 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
                 f"{path}: corpus file not found (rebuild the corpus with python -m llava.demo.corpus)"
             )
     items = read_task_texts(tasks_file)
+    if budget.scrambled:
+        items = items + scrambled_items(items, rng, budget.scrambled)
     conversations = training_conversations(items, prompts, rng, copies=budget.chat_copies)
     lines = [ln.strip() for ln in lm_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
 

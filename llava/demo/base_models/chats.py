@@ -108,6 +108,24 @@ def conversation(item: TaskText, user: str, system: bool) -> list[Message]:
     return [*turns, {"role": "user", "content": user}, {"role": "assistant", "content": item.target}]
 
 
+def scrambled_items(items: Sequence[TaskText], rng: np.random.Generator, per_item: int = 1) -> list[TaskText]:
+    """Repeat items whose words are shuffled: `per_item` per ASR item, each its own permutation.
+
+    A grammatical sentence can be partly guessed without reading it; a shuffled one can only be
+    copied. These items make copying the one way to lower the loss, which is what the speech task
+    needs too (transcribe what is heard, not a likely sentence).
+    """
+    out = []
+    for item in items:
+        if item.task != "ASR":
+            continue
+        words = item.content.split()
+        for _ in range(per_item):
+            text = " ".join(words[i] for i in rng.permutation(len(words)))
+            out.append(TaskText("ASR", text, text))
+    return out
+
+
 def training_conversations(
     items: Sequence[TaskText],
     prompts: PromptBank,

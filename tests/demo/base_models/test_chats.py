@@ -137,3 +137,16 @@ def test_text_topline_scores_replies(monkeypatch):
     assert result["SQA"]["f1"] == pytest.approx(100 * (1.0 + 0.5) / 2)
     assert "ST" not in result
     assert all(c[0]["content"] == SYSTEM_PROMPT for c in seen)
+
+
+def test_scrambled_items_are_word_permutations_of_asr_items():
+    from llava.demo.base_models.chats import scrambled_items
+
+    items = [TaskText("ASR", "the old man reads a book", "the old man reads a book"), *ITEMS]
+    out = scrambled_items(items, np.random.default_rng(3), per_item=3)
+    assert len(out) == 3 * 2  # the two ASR items, three each; ST and SQA items give none
+    for item in out:
+        assert item.task == "ASR" and item.content == item.target
+    assert sorted(out[0].content.split()) == sorted("the old man reads a book".split())
+    assert len({it.content for it in out[:3]}) > 1  # each its own permutation
+    assert scrambled_items(items, np.random.default_rng(3), per_item=3) == out
