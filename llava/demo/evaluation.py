@@ -71,7 +71,12 @@ def evaluate_run(
         sections[name] = sections.get(name, 0.0) + now - clock
         clock = now
 
-    model, tokenizer = load_model(finetuned, audio_feature_cache=cache)
+    try:
+        model, tokenizer = load_model(finetuned, audio_feature_cache=cache)
+    except ValueError as exc:
+        if "non-finite" in str(exc):
+            raise DivergedError(str(exc)) from exc
+        raise
     lap("load")
     ds, rows, system = dev_rows(corpus / "configs" / "finetune_mixed.yml", budget.nll_limit)
     points = [0, *curve_steps(steps, budget.curve_points)]

@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llava.demo.parallel import run_parallel
-from llava.demo.phases import DiskScan, PhaseError, Tracker, diverged, python, run_command, run_phase
+from llava.demo.phases import (
+    DiskScan,
+    DivergedError,
+    PhaseError,
+    Tracker,
+    diverged,
+    python,
+    run_command,
+    run_phase,
+)
 
 logger = logging.getLogger("llava.demo")
 REPO = Path(__file__).resolve().parents[2]
@@ -301,12 +310,21 @@ class Study:
         return ["--contrastive_layer_weights", spec]
 
     def _train(self, name: str, script: Path, args: list[str], env: dict, tmp: Path, steps: int) -> dict:
+        """One training run through a user-facing script; a run that stopped on non-finite losses,
+        or ended with non-finite weights (every later step skipped), raises `DivergedError`."""
         bar = self.tracker.bar(name, steps, "step")
         try:
             run_command(name, ["bash", str(script), *args], tmp / "train.log", env=env, bar=bar)
         finally:
             bar.close()
-        return _training_summary(tmp)
+        info = _training_summary(tmp)
+        bad = _nonfinite_tensors(tmp)
+        if bad:
+            raise DivergedError(
+                f"non-finite weights in {len(bad)} tensors (e.g. {bad[0]}) after "
+                f"{info.get('nonfinite_steps', 0)} non-finite steps; log: {tmp / 'train.log'}"
+            )
+        return info
 
     def pretrain(self, key: str, seed: int, base: Path, corpus: Path) -> Path:
         variant = VARIANTS[key]
@@ -468,6 +486,21 @@ def _shipped_base_models():
     if record is None or not Path(record).is_file():
         return None
     return shipped.shipped_base_models
+
+
+def _nonfinite_tensors(run_dir: Path) -> list[str]:
+    """Names of the saved tensors of a run that hold NaN or inf."""
+    import torch
+
+    from llava.model.checkpoint import read_weights
+
+    try:
+        weights = read_weights(run_dir)
+    except FileNotFoundError:
+        return []
+    return sorted(
+        k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())
+    )
 
 
 def _training_summary(run_dir: Path) -> dict:
