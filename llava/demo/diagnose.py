@@ -21,7 +21,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,13 +36,25 @@ from llava.model.layers import resolve_layers
 
 
 def alignment_of_checkpoint(
-    ckpt: Path, data_config: Path, out: Path, limit: int, feature_cache: Path | None = None
+    ckpt: Path,
+    data_config: Path,
+    out: Path,
+    limit: int,
+    feature_cache: Path | None = None,
+    on_sample: Callable[[int], object] | None = None,
 ) -> dict:
-    """Alignment metrics per LLM layer; writes `test_alignment.json` / `.png` into `out`."""
+    """Alignment metrics per LLM layer; writes `test_alignment.json` / `.png` into `out`.
+    `on_sample(1)` is called as each utterance is read (a progress bar's update)."""
     model, tokenizer = load_pretrained_model(ckpt)
     _attach_cache(model, feature_cache)
     dataset = SpeechDataset.from_config(data_config, "test", train=False)
-    samples = (dataset[i] for i in range(len(dataset)))
+
+    def read(i: int):
+        if on_sample is not None:
+            on_sample(1)
+        return dataset[i]
+
+    samples = (read(i) for i in range(len(dataset)))
     results = alignment_eval(model, tokenizer, itertools.islice(samples, limit), layers="all", batch_size=16)
     write_alignment(results, out / "test")
     return {"layers": {str(k): v for k, v in results.items()}}

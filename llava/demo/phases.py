@@ -223,24 +223,35 @@ def run_command(
     log_path: Path,
     env: dict[str, str] | None = None,
     bar: tqdm | None = None,
+    shards: re.Pattern | None = None,
 ) -> None:
     """Run a subprocess with its output in `log_path`.
 
     With `bar`, tqdm counters "k/total [" whose total equals `bar.total` (the trainer's step bar) move
-    it. A failure raises `DivergedError` when the log shows the run stopped on non-finite losses,
-    `PhaseError` (naming the phase, the log and its tail) otherwise."""
+    it; with `shards` (a pattern with groups shard, done, total), the bar shows the sum over shards of
+    their latest counts instead. A failure raises `DivergedError` when the log shows the run stopped on
+    non-finite losses, `PhaseError` (naming the phase, the log and its tail) otherwise."""
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
         assert proc.stdout is not None
         pending = b""
+        latest: dict[str, tuple[int, int]] = {}
         while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
             log.write(chunk)
             if bar is None:
                 continue
             pending = (pending + chunk)[-4096:]
-            counters = _COUNTER.findall(pending.decode("utf-8", "replace"))
+            text = pending.decode("utf-8", "replace")
+            if shards is not None:
+                for shard, k, total in shards.findall(text):
+                    latest[shard] = (int(k), int(total))
+                if latest:
+                    bar.total = max(bar.total or 0, sum(t for _, t in latest.values()))
+                    bar.update(max(0, sum(k for k, _ in latest.values()) - bar.n))
+                continue
+            counters = _COUNTER.findall(text)
             steps = [int(k) for k, total in counters if bar.total and int(total) == bar.total]
             if steps and steps[-1] > bar.n:
                 bar.update(steps[-1] - bar.n)

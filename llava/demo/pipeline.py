@@ -265,13 +265,15 @@ class Study:
             # Stage 2's config holds the sentences (also stage 1's audio) and the passages; the few test
             # utterances evaluated are encoded on first use.
             configs = ["finetune_mixed.yml"]
-            bar = self.tracker.bar("feature cache", len(configs), "config")
+            shards = re.compile(r"worker (\d+): (\d+)/(\d+) rows")  # the fill's progress lines
             for config in configs:
+                bar = self.tracker.bar(f"feature cache ({config})", None, "utt")
                 cmd = [python(), "-m", "llava.model.feature_cache", "--data_config", str(corpus / "configs" / config),
                        "--audio_encoder", str(base / "encoder"), "--out", str(self.cache_dir), "--workers", workers]  # fmt: skip
-                run_command("feature cache", cmd, tmp / f"fill_{Path(config).stem}.log")
-                bar.update(1)
-            bar.close()
+                run_command(
+                    "feature cache", cmd, tmp / f"fill_{Path(config).stem}.log", bar=bar, shards=shards
+                )
+                bar.close()
             return {"summary": f"{self.cache_dir} ({workers} processes)"}
 
         return run_phase("feature cache", self.out / "feature_cache_fill", work, self.tracker, kind="cache")
@@ -395,9 +397,18 @@ class Study:
         def work(tmp: Path) -> dict:
             from llava.demo.diagnose import alignment_of_checkpoint
 
-            result = alignment_of_checkpoint(
-                pretrained, corpus / "configs" / "eval_asr.yml", tmp, self.budget.diag_limit, self._cache()
-            )
+            bar = self.tracker.bar(name, self.budget.diag_limit, "utt")
+            try:
+                result = alignment_of_checkpoint(
+                    pretrained,
+                    corpus / "configs" / "eval_asr.yml",
+                    tmp,
+                    self.budget.diag_limit,
+                    self._cache(),
+                    bar.update,
+                )
+            finally:
+                bar.close()
             r1 = {k: 100 * v["r1_speech2text"] for k, v in result["layers"].items()}
             return {**result, "summary": "R@1 " + " ".join(f"L{k}={v:.0f}" for k, v in r1.items())}
 

@@ -103,3 +103,17 @@ def test_tracker_estimates_the_time_left_per_kind():
     tracker.record("c", "eval", 3.0)
     assert tracker.remaining() == pytest.approx(2 * 15 + 3 * 3)
     json.dumps(tracker.timings)  # serialisable for results.json
+
+
+def test_progress_bar_sums_the_shards_of_a_parallel_command(tmp_path):
+    import re
+
+    script = (
+        "print('worker 0: 500/1200 rows (3.0 rows/s)')\n"
+        "print('worker 1: 500/1100 rows (3.1 rows/s)')\n"
+        "print('worker 0: 1000/1200 rows (3.0 rows/s)')\n"
+    )
+    bar = Tracker(progress=True).bar("fill", None, "utt")
+    pattern = re.compile(r"worker (\d+): (\d+)/(\d+) rows")
+    run_command("fill", [sys.executable, "-c", script], tmp_path / "f.log", bar=bar, shards=pattern)
+    assert (bar.n, bar.total) == (1500, 2300)
