@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from llava.demo.phases import PhaseError
-from llava.demo.pipeline import BUDGETS, VARIANTS, Budget, Study
+from llava.demo.pipeline import Study
+from llava.demo.variants import BUDGETS, VARIANTS, Budget
 
 
 def override(budget: Budget, items: list[str]) -> Budget:

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             (Path(args.out) / "real_scale.json").write_text(text + "\n")
         print(text)
         return 0
-    from llava.demo.pipeline import BUDGETS
+    from llava.demo.variants import BUDGETS
 
     opts = ProbeOptions(
         steps=args.steps,

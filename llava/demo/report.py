@@ -24,7 +24,7 @@ PRIMARY = "dev NLL (mean)"  # the metric that picks the best variant and leads t
 
 
 def _labels() -> dict[str, str]:
-    from llava.demo.pipeline import VARIANTS
+    from llava.demo.variants import VARIANTS
 
     return {k: v.label for k, v in VARIANTS.items()}
 
@@ -53,7 +53,7 @@ def collect(runs: dict[int, dict[str, dict[str, Path]]]) -> dict[str, dict]:
             if "alignment" in dirs:
                 for layer, m in phase_info(dirs["alignment"]).get("layers", {}).items():
                     row["r1"].setdefault(int(layer), {})[seed] = 100 * m["r1_speech2text"]
-            from llava.demo.pipeline import VARIANTS
+            from llava.demo.variants import VARIANTS
 
             if not VARIANTS[key].finetune:
                 continue

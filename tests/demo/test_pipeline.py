@@ -7,7 +7,8 @@ import pytest
 
 from llava.demo.__main__ import override
 from llava.demo.phases import PhaseError
-from llava.demo.pipeline import BUDGETS, FIX_WEIGHT, VARIANTS, Study
+from llava.demo.pipeline import Study
+from llava.demo.variants import BUDGETS, FIX_WEIGHT, VARIANTS
 from llava.train.train import parse_args
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from llava.demo.phases import MARKER, Tracker
-from llava.demo.pipeline import BUDGETS
 from llava.demo.report import (
     PRIMARY,
     balance_table,
@@ -18,6 +17,7 @@ from llava.demo.report import (
     main_table,
     write_report,
 )
+from llava.demo.variants import BUDGETS
 
 T_975_DF2 = 4.302652729911275  # Student t quantile, 2 degrees of freedom (tables)
 

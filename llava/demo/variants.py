@@ -1,0 +1,119 @@
+"""What the study runs: the pretraining variants and the budgets (how much work each phase does)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# ------------------------------------------------------------------------------------- variants
+# The remedy for contr-cos-all's gradient imbalance (`python -m llava.demo.diagnose gradients`, shipped
+# base models): at step 0 the deeper layers' InfoNCE terms carry 92-94 % of the gradient at the
+# projector and the embedding-layer term 6-8 %. Weighting every layer above 0 by 0.05 gives layer 0
+# half of it; after 150 steps its dev InfoNCE is 0.89 / 0.90 nats (seeds 0 / 1) against 1.10 / 1.26
+# as the paper weighs the layers (chance ln 8 = 2.08), while the last layer's ends higher (1.18 / 1.22
+# against 1.02 / 1.06): a trade, which the study's downstream numbers judge. Matching the projector's
+# output norm to the token embeddings (--projector_output_norm rms_match) fixes the input scale but not
+# the share (layer 0: 1.32 / 1.31), so the fixed variant changes the loss weights only and keeps the
+# paper's projector (stage 2 then differs from the other variants in its starting point only).
+FIX_WEIGHT = 0.05  # weight of every layer above 0 in the fixed variant (layer 0 weighs 1)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A pretraining variant: its stage-1 script and the flags it adds."""
+
+    label: str  # the name in tables and plots
+    script: str | None  # scripts/pretrain/<script>.sh; None: no stage 1 (random projector)
+    stage1_flags: tuple[str, ...] = ()  # added to stage 1 only
+    projector_flags: tuple[str, ...] = ()  # projector settings, passed to both stages
+    data: str = "pretrain_asr.yml"  # the corpus's stage-1 data config
+    fix_weights: bool = False  # down-weight the contrastive terms above layer 0 (FIX_WEIGHT)
+    finetune: bool = True  # run stage 2 and the evaluations (else stage 1 and alignment only)
+    log_grad_norms: bool = False  # stage 1 logs each loss term's gradient norm at the projector
+
+    def projector_options(self) -> dict:
+        """`projector_flags` as projector settings (for building a model in-process)."""
+        names = {"--projector_output_norm": "output_norm"}
+        flags = self.projector_flags
+        return {names[k]: v for k, v in zip(flags[::2], flags[1::2])}
+
+
+VARIANTS: dict[str, Variant] = {
+    "none": Variant("none", None),
+    "asr": Variant("asr", "pretrain-asr"),
+    "contr-cos-emb": Variant("contr-cos-emb", "pretrain-contr-cos-emb"),
+    "contr-cos-all": Variant("contr-cos-all (as paper)", "pretrain-contr-cos-all", log_grad_norms=True),
+    "contr-cos-all-fixed": Variant(
+        "contr-cos-all (fixed)",
+        "pretrain-contr-cos-all",
+        fix_weights=True,
+        log_grad_norms=True,
+    ),
+    "contr-cos-all+asr": Variant("contr-cos-all+asr", "pretrain-contr-cos-all+asr"),
+    "mixed-nwp": Variant("mixed-nwp", "pretrain-mixed-nwp", data="pretrain_mixed.yml"),
+    "pos-shift": Variant(
+        "contr-cos-all (fixed) + pos-shift",
+        "pretrain-contr-cos-all-pos-shift",
+        fix_weights=True,
+        finetune=False,
+    ),
+}
+
+
+# --------------------------------------------------------------------------------------- budgets
+@dataclass(frozen=True)
+class Budget:
+    """How much work each phase does; `smoke` is for CI, `default` is the README's study."""
+
+    corpus_size: str  # llava.demo.corpus --size
+    base_budget: str  # llava.demo.base_models.build --budget (when no shipped models exist)
+    pretrain_steps: int
+    finetune_steps: int
+    batch_size: int
+    learning_rate: float  # stage 1
+    finetune_learning_rate: float  # stage 2
+    eval_limit: int  # test utterances per task (generation)
+    diag_limit: int  # test utterances for the alignment diagnostics
+    nll_limit: int  # dev rows per task for the teacher-forced NLL
+    curve_points: int  # stage-2 checkpoints measured for the learning curve
+    full_data_steps: int  # stage-2 steps of the 100 % run (0: no such run)
+    max_new_tokens: int = 48
+    fill_cache: bool = True  # encode the corpus into the feature cache up front, one process per core
+    seeds: int = 3  # training seeds per variant unless --seeds says otherwise
+    variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
+    projector: dict = field(
+        default_factory=lambda: {
+            "hidden_size": 128,
+            "num_heads": 4,
+            "intermediate_size": 512,
+            "num_layers": 2,
+        }
+    )
+
+    def projector_options(self) -> dict:
+        """The Q-Former settings (for in-process model building)."""
+        return dict(self.projector)
+
+    def projector_flags(self) -> list[str]:
+        names = {
+            "hidden_size": "--mm_qformer_hidden_size",
+            "num_heads": "--mm_qformer_num_heads",
+            "intermediate_size": "--mm_qformer_intermediate_size",
+            "num_layers": "--mm_qformer_num_hidden_layers",
+        }
+        return [x for k, v in self.projector.items() for x in (names[k], str(v))]
+
+
+BUDGETS = {
+    "smoke": Budget(
+        "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
+        finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
+        full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
+        fill_cache=False,
+    ),
+    # Sized by measurement (CPU seconds per phase, see the README): about 25 minutes on 2 cores.
+    "default": Budget(
+        "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=1e-3,
+        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=40, curve_points=4,
+        full_data_steps=800,
+    ),
+}  # fmt: skip
