@@ -172,7 +172,8 @@ def main_table(data: dict[str, dict], n_seeds: int) -> str:
         lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     lines.append(
         f"\nMean ± 95 % t-interval over {n_seeds} seed(s); a diverged seed stays in the count and is "
-        "named in its cell. WER/BLEU/F1 in percent on the test sets; dev NLL = teacher-forced negative "
+        "named in its cell. WER (the paper's: mean of per-utterance WERs after its normalisation), "
+        "sacreBLEU and SQuAD F1 in percent on the test sets; dev NLL = teacher-forced negative "
         "log-likelihood per target token (nats) after stage 2; R@1 = speech→text retrieval of the stage-1 "
         "projector at the embedding layer (L0) and the last layer."
     )
