@@ -27,12 +27,17 @@ class MLPSettings(OutputNormSettings):
     hidden_size: int | None = None  # width of the hidden layer; None = the LLM width
 
 
+def _checked_stack(stack: int) -> int:
+    # Checked before the layers are sized by it (a zero-width Linear would be built first otherwise).
+    if stack < 1:
+        raise ValueError(f"projector stack must be >= 1, got {stack}")
+    return stack
+
+
 class StackingProjector(Projector):
     def __init__(self, stack: int, net: nn.Module, output_norm: OutputNorm | None = None) -> None:
         super().__init__()
-        if stack < 1:
-            raise ValueError(f"projector stack must be >= 1, got {stack}")
-        self.stack = stack
+        self.stack = _checked_stack(stack)
         self.net = net
         self.output_norm = OutputNorm("none", 1) if output_norm is None else output_norm
 
@@ -53,15 +58,13 @@ class StackingProjector(Projector):
 class LinearProjector(StackingProjector):
     def __init__(self, settings: LinearSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
         norm = OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
-        super().__init__(settings.stack, nn.Linear(encoder_dim * settings.stack, llm_dim), norm)
+        stack = _checked_stack(settings.stack)
+        super().__init__(stack, nn.Linear(encoder_dim * stack, llm_dim), norm)
 
 
 class MLPProjector(StackingProjector):
     def __init__(self, settings: MLPSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
         hidden = settings.hidden_size or llm_dim
-        net = nn.Sequential(
-            nn.Linear(encoder_dim * settings.stack, hidden), nn.GELU(), nn.Linear(hidden, llm_dim)
-        )
-        super().__init__(
-            settings.stack, net, OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
-        )
+        stack = _checked_stack(settings.stack)
+        net = nn.Sequential(nn.Linear(encoder_dim * stack, hidden), nn.GELU(), nn.Linear(hidden, llm_dim))
+        super().__init__(stack, net, OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target))

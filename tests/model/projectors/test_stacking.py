@@ -47,6 +47,8 @@ def test_mlp_hidden_width_defaults_to_the_llm_width():
     assert _projector("linear").net.in_features == 3 * 4
 
 
-def test_stack_must_be_positive():
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_stack_must_be_positive(name, recwarn):
     with pytest.raises(ValueError, match="stack must be >= 1, got 0"):
-        _projector("linear", stack=0)
+        _projector(name, stack=0)
+    assert not recwarn.list  # refused before any layer is sized by it
