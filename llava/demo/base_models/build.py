@@ -115,12 +115,12 @@ BUDGETS: dict[str, Budget] = {
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         topline_n=40,
     ),
-    # The shipped base models (llava/demo/assets): competent, reproducible bit for bit.
+    # The shipped base models (llava/demo/assets): reproducible bit for bit.
     "ship": Budget(
         vocab_size=2000,
         llm_args=dict(time_budget_s=None, max_steps=700, lr=5e-3, block_size=256, batch_size=16,
                       prompt_loss_weight=0.2, eval_every=175),
-        encoder_args=dict(time_budget_s=None, max_steps=1800, eval_every=300),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         chat_copies=2,
     ),
@@ -131,6 +131,16 @@ BUDGETS: dict[str, Budget] = {
                       packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200),
         encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
         llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+        scrambled=1,
+    ),
+    # A deeper alternative of the next LLM (the encoder as in ship-next).
+    "ship-next-deep": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=2400, lr=3e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, num_hidden_layers=6, intermediate_size=512),
         chat_copies=2,
         scrambled=1,
     ),
