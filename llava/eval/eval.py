@@ -42,7 +42,7 @@ from llava.dataset.config import ConfigError, DataConfig, load_data_config
 from llava.dataset.dataset import SpeechDataset
 from llava.dataset.tasks import Task, get_task
 from llava.eval.alignment import alignment_eval, write_alignment
-from llava.eval.metrics import METRICS, score
+from llava.eval.metrics import HEADLINE_KEYS, METRICS, score
 from llava.fileio import atomic_write_text
 from llava.inference.arguments import (
     add_generation_arguments,
@@ -380,19 +380,7 @@ def _evaluate_test_set(
 
 
 def _headline(scores: dict) -> str:
-    keys = (
-        "wer_paper",
-        "wer_corpus",
-        "bleu",
-        "chrf",
-        "comet",
-        "exact_match",
-        "f1",
-        "accuracy",
-        "macro_f1",
-        "mae",
-    )
-    parts = [f"{k}={scores[k]:.2f}" for k in keys if isinstance(scores.get(k), float)]
+    parts = [f"{k}={scores[k]:.2f}" for k in HEADLINE_KEYS if isinstance(scores.get(k), float)]
     return " ".join(parts + [f"n={scores['num_predictions']}", f"failed={scores['num_failed']}"])
 
 

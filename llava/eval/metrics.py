@@ -403,3 +403,18 @@ def score(
     for family in families:
         out.update(family.score(predictions, references, sources, **options))
     return out
+
+
+# The headline scores of a `{stem}_scores.json`, in table order (logs, model cards, reports).
+HEADLINE_KEYS: tuple[str, ...] = (
+    "wer_paper",
+    "wer_corpus",
+    "bleu",
+    "chrf",
+    "comet",
+    "exact_match",
+    "f1",
+    "accuracy",
+    "macro_f1",
+    "mae",
+)

@@ -9,22 +9,12 @@ from typing import Any
 import torch
 
 from llava.dataset.prompts import PAPER_SYSTEM_PROMPT
+from llava.eval.metrics import HEADLINE_KEYS
 
 __all__ = ["SCORE_KEYS", "model_card"]
 
 # Headline metrics of `{stem}_scores.json`, in table order (the names llava.eval writes).
-SCORE_KEYS = (
-    "wer_paper",
-    "wer_corpus",
-    "bleu",
-    "chrf",
-    "comet",
-    "exact_match",
-    "f1",
-    "accuracy",
-    "macro_f1",
-    "mae",
-)
+SCORE_KEYS = HEADLINE_KEYS
 
 
 def _millions(module: torch.nn.Module) -> str:
