@@ -128,20 +128,22 @@ BUDGETS: dict[str, Budget] = {
     "ship-next": Budget(
         vocab_size=2000,
         llm_args=dict(time_budget_s=None, max_steps=2400, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200),
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200,
+                      checkpoint_every=100),
         encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         chat_copies=2,
         scrambled=1,
     ),
-    # A deeper alternative of the next LLM (the encoder as in ship-next).
-    "ship-next-deep": Budget(
+    # A longer alternative of the next LLM (the encoder as in ship-next).
+    "ship-next-long": Budget(
         vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=2400, lr=3e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200),
+        llm_args=dict(time_budget_s=None, max_steps=3600, lr=5e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
+                      checkpoint_every=100),
         encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, num_hidden_layers=6, intermediate_size=512),
-        chat_copies=2,
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=4,
         scrambled=1,
     ),
 }  # fmt: skip
@@ -322,6 +324,7 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
             config=budget.llm_config,
             args=LlmTrainArgs(**{"seed": seed, **budget.llm_args}),
             evaluate=evaluate,
+            resume_dir=out / ".llm.resume",  # survives a killed build: the next one continues from it
         )
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

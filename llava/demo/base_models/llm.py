@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -80,6 +81,7 @@ class LlmTrainArgs:
     max_dev_tokens: int = 65_536  # dev tokens scored for perplexity
     log_every: int = 25  # steps between progress log lines
     eval_every: int = 0  # steps between calls of `train_tiny_llm`'s `evaluate` callback (0: never)
+    checkpoint_every: int = 0  # steps between resumable checkpoints in `train_tiny_llm`'s `resume_dir`
 
 
 def encode_example(
@@ -270,6 +272,24 @@ def generate_replies(
     return [r.strip() for r in replies]
 
 
+def _save_checkpoint(path: Path, model, optimizer, rng, step, losses, curve, identity, elapsed) -> None:
+    """Everything an interrupted run needs to continue exactly (written atomically)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng": json.dumps(rng.bit_generator.state),
+        "step": step,
+        "losses": [float(x) for x in losses],
+        "curve": json.dumps(curve),
+        "identity": json.dumps(identity),
+        "elapsed": float(elapsed),
+    }
+    tmp = path.with_name(path.name + ".partial")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def train_tiny_llm(
     train_examples: Sequence[TextExample],
     dev_examples: Sequence[TextExample],
@@ -278,6 +298,7 @@ def train_tiny_llm(
     config: dict | None = None,
     args: LlmTrainArgs | None = None,
     evaluate: Callable[[LlamaForCausalLM], dict] | None = None,
+    resume_dir: str | Path | None = None,
 ) -> dict:
     """Train a tiny `LlamaForCausalLM` on packed text/chat examples; save model + tokenizer to `out_dir`.
 
@@ -286,6 +307,11 @@ def train_tiny_llm(
     Returns a report (parameters, steps, tokens, time, dev loss and perplexity), also written to
     `out_dir/train_report.json`. `evaluate(model)`, called every `args.eval_every` steps, returns
     figures logged and kept in the report's `curve`.
+
+    With `resume_dir` and `args.checkpoint_every`, the model, optimizer, sampling-generator state and
+    step are saved there every `checkpoint_every` steps; a later call with the same arguments resumes
+    from the last one and ends with the same weights as an uninterrupted run (step-counted budgets
+    only). The checkpoint is removed when training ends.
     """
     args = args or LlmTrainArgs()
     if not train_examples:
@@ -321,6 +347,21 @@ def train_tiny_llm(
     start = time.monotonic()
     step, losses = 0, []
     curve: list[dict] = []
+    ckpt = (
+        Path(resume_dir) / "llm_checkpoint.pt" if resume_dir is not None and args.checkpoint_every else None
+    )
+    identity = {"args": asdict(args), "config": model.config.to_diff_dict(), "examples": len(train_examples)}
+    if ckpt is not None and ckpt.is_file():
+        state = torch.load(ckpt, weights_only=True)
+        if json.loads(state["identity"]) == json.loads(json.dumps(identity)):
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            rng.bit_generator.state = json.loads(state["rng"])
+            step, losses, curve = int(state["step"]), list(state["losses"]), json.loads(state["curve"])
+            start -= float(state["elapsed"])
+            logger.info("resumed the LLM from %s at step %d", ckpt, step)
+        else:
+            logger.warning("%s belongs to other settings: starting afresh", ckpt)
     while True:
         elapsed = time.monotonic() - start
         progress = step / args.max_steps
@@ -361,7 +402,13 @@ def train_tiny_llm(
             model.train()
             curve.append(figures)
             logger.info("llm eval %s", json.dumps(figures))
+        if ckpt is not None and step % args.checkpoint_every == 0:
+            _save_checkpoint(
+                ckpt, model, optimizer, rng, step, losses, curve, identity, time.monotonic() - start
+            )
     train_time = time.monotonic() - start
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
 
     report = {
         "params": sum(p.numel() for p in model.parameters()),

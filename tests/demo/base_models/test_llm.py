@@ -161,3 +161,51 @@ def test_whole_packing_trains(tok, tmp_path):
         train_tiny_llm(
             SENTENCES, [], tok, tmp_path, config=TINY, args=LlmTrainArgs(max_steps=1, packing="zip")
         )
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_identical_weights(tok, tmp_path, caplog):
+    data = SENTENCES * 3 + CHATS * 3
+    kwargs = dict(time_budget_s=None, max_steps=12, batch_size=4, block_size=64, lr=1e-2, packing="whole")
+    whole = train_tiny_llm(data, [], tok, tmp_path / "a", config=TINY, args=LlmTrainArgs(**kwargs))
+
+    args = LlmTrainArgs(**kwargs, checkpoint_every=4, eval_every=1)
+    resume = tmp_path / "resume"
+
+    def stop_at_7(model):
+        if stop_at_7.step == 7:
+            raise _Interrupt  # a kill between two checkpoints: steps 5-7 are redone
+        stop_at_7.step += 1
+        return {}
+
+    stop_at_7.step = 1
+    with pytest.raises(_Interrupt):
+        train_tiny_llm(
+            data, [], tok, tmp_path / "b", config=TINY, args=args, evaluate=stop_at_7, resume_dir=resume
+        )
+    assert (resume / "llm_checkpoint.pt").is_file()
+    again = train_tiny_llm(
+        data, [], tok, tmp_path / "b", config=TINY, args=args, evaluate=lambda m: {}, resume_dir=resume
+    )
+    assert not (resume / "llm_checkpoint.pt").exists()  # removed once finished
+    assert again["steps"] == whole["steps"] == 12
+    from safetensors.torch import load_file
+
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [c["step"] for c in again["curve"]] == list(range(1, 13))
+
+    # A checkpoint of other settings is not used.
+    stop_at_7.step = 1
+    with pytest.raises(_Interrupt):
+        train_tiny_llm(
+            data, [], tok, tmp_path / "c", config=TINY, args=args, evaluate=stop_at_7, resume_dir=resume
+        )
+    other = LlmTrainArgs(**{**kwargs, "lr": 5e-3}, checkpoint_every=4)
+    with caplog.at_level("WARNING", logger="llava.demo.base_models.llm"):
+        report = train_tiny_llm(data, [], tok, tmp_path / "c", config=TINY, args=other, resume_dir=resume)
+    assert "belongs to other settings: starting afresh" in caplog.text
+    assert report["steps"] == 12
