@@ -15,7 +15,7 @@ import multiprocessing as mp
 import os
 import sys
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any
 
 from llava.demo import phases
@@ -27,38 +27,84 @@ def _init_worker(slots, stop, threads: int) -> None:
     global _STOP
     _STOP = stop
     phases.WORKER_SLOT = slots.get()
-    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the training runs it starts
-    import torch
-
-    torch.set_num_threads(threads)
+    # Read by torch when the worker's phases first import it, and inherited by the training runs.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
     )
     phases.STOP_REQUESTED = _STOP.is_set
 
 
-def run_parallel(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
+def run_parallel(
+    fn: Callable[..., Any],
+    jobs: Sequence[tuple],
+    workers: int,
+    follow_up: Callable[[dict[int, Any]], list[tuple[Callable[..., Any], tuple]] | None] | None = None,
+) -> tuple[list[Any], list[Any]]:
     """`[fn(*job) for job in jobs]`, in `workers` processes (in this process when workers <= 1).
 
-    `fn` must be picklable (a module-level function or a bound method of a picklable object). Results
-    come back in job order; the first exception stops the remaining jobs and is raised."""
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(*job) for job in jobs]
+    `follow_up(done)` is called here after each job with `{job index: result}` so far; it returns None
+    while it is not ready, then once a list of further `(fn, args)` jobs, which run next, ahead of the
+    jobs still waiting. Functions must be picklable (module-level, or bound methods of picklable
+    objects). Returns (results in job order, follow-up results in their order); the first exception
+    stops the remaining jobs and is raised."""
+    done: dict[int, Any] = {}
+    extra_jobs: list[tuple[Callable[..., Any], tuple]] = []
+    asked = follow_up is None
+
+    def check() -> None:
+        nonlocal asked, extra_jobs
+        if not asked:
+            more = follow_up(done)
+            if more is not None:
+                asked, extra_jobs = True, list(more)
+
+    if workers <= 1:
+        extras: list[Any] = []
+        for i, job in enumerate(jobs):
+            done[i] = fn(*job)
+            check()
+            while extra_jobs:
+                f, args = extra_jobs.pop(0)
+                extras.append(f(*args))
+        return [done[i] for i in range(len(jobs))], extras
     ctx = mp.get_context("spawn")
     slots = ctx.Queue()
     for i in range(workers):
         slots.put(i)
     stop = ctx.Event()
     threads = max(1, (os.cpu_count() or workers) // workers)
+    waiting = list(range(len(jobs)))
+    extra_futures: list[Future] = []
     with ProcessPoolExecutor(
         workers, mp_context=ctx, initializer=_init_worker, initargs=(slots, stop, threads)
     ) as pool:
-        futures: list[Future] = [pool.submit(fn, *job) for job in jobs]
-        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-        failed = [f for f in done if f.exception() is not None]
-        if failed:
-            stop.set()  # running chains stop before their next phase
-            for f in futures:
-                f.cancel()
-            raise failed[0].exception()
-        return [f.result() for f in futures]
+        running: dict[Future, int | None] = {}  # future -> job index (None: a follow-up)
+
+        def fill() -> None:
+            # Exactly `workers` in flight, so a follow-up submitted now starts next, not behind a queue.
+            while len(running) < workers and (extra_jobs or waiting):
+                if extra_jobs:
+                    f, args = extra_jobs.pop(0)
+                    fut = pool.submit(f, *args)
+                    extra_futures.append(fut)
+                    running[fut] = None
+                else:
+                    i = waiting.pop(0)
+                    running[pool.submit(fn, *jobs[i])] = i
+
+        fill()
+        while running:
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for fut in finished:
+                i = running.pop(fut)
+                if fut.exception() is not None:
+                    stop.set()  # running chains stop before their next phase
+                    for other in running:
+                        other.cancel()
+                    raise fut.exception()
+                if i is not None:
+                    done[i] = fut.result()
+            check()
+            fill()
+    return [done[i] for i in range(len(jobs))], [f.result() for f in extra_futures]

@@ -84,8 +84,12 @@ class DiskScan:
                 except (OSError, ValueError):
                     continue  # being renamed into place right now
                 found.append(("/".join(parts), parts[1] if kind_at else parts[2], seconds))
-        for name, kind in (("base", "base"), ("feature_cache_fill", "cache")):
-            info = phase_info(self.root / name)
+        # Top-level phases, under the names their run_phase calls use.
+        for name, folder, kind in (
+            ("base models", "base", "base"),
+            ("feature cache", "feature_cache_fill", "cache"),
+        ):
+            info = phase_info(self.root / folder)
             if info:
                 found.append((name, kind, float(info.get("seconds", 0.0))))
         return found

@@ -330,11 +330,21 @@ class Study:
         base = self.base_models(corpus)
         self.fill_cache(base, corpus)
         jobs = [(key, seed, base, corpus) for seed in self.seeds for key in self.variants]
-        chains = run_parallel(self._chain, jobs, self.workers)
+        first = [i for i, job in enumerate(jobs) if job[1] == self.seeds[0]]
+
+        def full_data_job(done: dict[int, dict]) -> list | None:
+            # The 100 % run starts as soon as the first seed's chains are done (it then runs beside the
+            # other seeds' chains instead of after them), for the best variant on that seed.
+            if any(i not in done for i in first):
+                return None
+            key = self._full_data_variant({self.seeds[0]: {jobs[i][0]: done[i] for i in first}})
+            return [] if key is None else [(self._full_data, (key, base, corpus))]
+
+        chains, extra = run_parallel(self._chain, jobs, self.workers, follow_up=full_data_job)
         runs: dict[int, dict[str, dict[str, Path]]] = {}
         for (key, seed, _, _), dirs in zip(jobs, chains):
             runs.setdefault(seed, {})[key] = dirs
-        full = self._full_data(runs, base, corpus)
+        full = extra[0] if extra else None
         for name, kind, seconds in self.tracker.finished():  # phases finished in workers or earlier runs
             if name not in self.tracker.timings:
                 self.tracker.record(name, kind, seconds)
@@ -355,17 +365,19 @@ class Study:
         dirs["eval"] = self.evaluate(key, seed, corpus, dirs["pretrain"], dirs["finetune"])
         return dirs
 
-    def _full_data(self, runs, base: Path, corpus: Path) -> dict | None:
-        """One 100 % run (first seed) of the variant with the lowest mean dev NLL at 10 %."""
+    def _full_data_variant(self, first_seed_runs: dict[int, dict[str, dict[str, Path]]]) -> str | None:
+        """The variant of the 100 % run: the pretrained one with the lowest mean dev NLL at 10 % on the
+        first seed (None when the run is off or no variant has a finite NLL)."""
         if not self.full_data or self.budget.full_data_steps <= 0:
             return None
         from llava.demo.report import best_variant
 
-        key = best_variant(runs)
-        if key is None:
-            return None
+        return best_variant(first_seed_runs)
+
+    def _full_data(self, key: str, base: Path, corpus: Path) -> dict:
+        """Stage 2 on 100 % of the task data from the first seed's stage-1 projector of `key`."""
         seed = self.seeds[0]
-        pre = runs[seed][key]["pretrain"]
+        pre = self.out / f"seed{seed}" / "pretrain" / key
         ft = self.finetune(key, seed, base, corpus, pre, full=True)
         if diverged(ft):
             return {"variant": key, "finetune": ft}

@@ -59,6 +59,21 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
+# The comparisons the study is built to make (each pretraining variant against no pretraining and
+# against ASR pretraining, and the fix against the paper's weighting), tested as one family; every
+# other pair is exploratory.
+PLANNED_PAIRS: list[tuple[str, str]] = [
+    ("asr", "none"),
+    ("contr-cos-emb", "none"),
+    ("contr-cos-all", "none"),
+    ("contr-cos-all-fixed", "none"),
+    ("contr-cos-emb", "asr"),
+    ("contr-cos-all", "asr"),
+    ("contr-cos-all-fixed", "asr"),
+    ("contr-cos-all-fixed", "contr-cos-all"),
+]
+
+
 # --------------------------------------------------------------------------------------- budgets
 @dataclass(frozen=True)
 class Budget:
@@ -110,10 +125,12 @@ BUDGETS = {
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
         fill_cache=False,
     ),
-    # Sized by measurement (CPU seconds per phase, see the README): about 25 minutes on 2 cores.
+    # Sized by measurement: CPU seconds per phase of a full run (alignment ~1, eval ~9, stage 1 ~26,
+    # stage 2 ~37 per run at these step counts, each run ~10 s of it start-up), spread over two worker
+    # processes: about 20-25 minutes on 2 otherwise idle cores.
     "default": Budget(
         "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=1e-3,
-        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=40, curve_points=4,
-        full_data_steps=800,
+        finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
+        full_data_steps=800, seeds=4,
     ),
 }  # fmt: skip

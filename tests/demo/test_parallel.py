@@ -1,4 +1,5 @@
-"""Chains in worker processes: results in job order, one process per worker, failures raised."""
+"""Chains in worker processes: results in job order, one process per worker, a follow-up job run as
+soon as its inputs are done, failures raised."""
 
 from __future__ import annotations
 
@@ -20,13 +21,26 @@ def _failing(k: int) -> int:
     return k
 
 
-def test_results_in_job_order_from_two_worker_processes():
-    out = run_parallel(_job, [(k,) for k in range(6)], workers=2)
-    assert [r[0] for r in out] == [k * k for k in range(6)]
+def _follow(done):
+    # Ready once jobs 0 and 1 are done; the follow-up reads their results.
+    if 0 in done and 1 in done:
+        return [(_job, (done[0][0] + done[1][0],))]
+    return None
+
+
+def test_two_worker_processes_results_in_order_and_a_follow_up():
+    out, extra = run_parallel(_job, [(k,) for k in range(5)], workers=2, follow_up=_follow)
+    assert [r[0] for r in out] == [k * k for k in range(5)]
     assert os.getpid() not in {r[1] for r in out}
     assert {r[2] for r in out} <= {0, 1}  # each worker draws its bars on its own line
     assert {r[3] for r in out} == {str(max(1, (os.cpu_count() or 2) // 2))}
-    assert run_parallel(_job, [(3,)], workers=2)[0][1] == os.getpid()  # one job: no pool
+    assert len(extra) == 1 and extra[0][0] == (0 + 1) ** 2
+
+
+def test_one_worker_runs_in_this_process_with_the_follow_up():
+    out, extra = run_parallel(_job, [(k,) for k in range(3)], workers=1, follow_up=_follow)
+    assert [r[0] for r in out] == [0, 1, 4] and {r[1] for r in out} == {os.getpid()}
+    assert extra[0][0] == 1
 
 
 def test_a_failing_job_is_raised_in_the_main_process():
