@@ -131,5 +131,11 @@ def test_write_report_files_and_significance(tmp_path):
     rec = [
         r for r in payload["significance"] if r["column"] == PRIMARY and {r["a"], r["b"]} == {"none", "asr"}
     ]
-    assert len(rec) == 1 and rec[0]["test"] == "paired" and rec[0]["n"] == 2  # the diverged seed drops out
+    assert {r["family"] for r in rec} == {"all", "planned"}  # asr vs none is a planned comparison
+    assert all(r["test"] == "paired" and r["n"] == 2 for r in rec)  # the diverged seed drops out
+    planned = [r for r in payload["significance"] if r["column"] == PRIMARY and r["family"] == "planned"]
+    # contr-cos-all (paper) is not in this study: only the planned pairs among its variants are tested
+    assert {(r["a"], r["b"]) for r in planned} == {
+        ("asr", "none"), ("contr-cos-all-fixed", "none"), ("contr-cos-all-fixed", "asr")
+    }  # fmt: skip
     assert json.loads((out / "results.json").read_text())["variants"]["asr"]["diverged"] == {"2": "finetune"}
