@@ -27,8 +27,12 @@ def _init_worker(slots, stop, threads: int) -> None:
     global _STOP
     _STOP = stop
     phases.WORKER_SLOT = slots.get()
-    # Read by torch when the worker's phases first import it, and inherited by the training runs.
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the training runs it starts
+    # Importing `llava` (to unpickle the job) has already imported torch with its default thread
+    # count: without this, two workers would run four threads on two cores, spinning on each other.
+    import torch
+
+    torch.set_num_threads(threads)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stdout
     )
