@@ -95,6 +95,8 @@ class Budget:
     fill_cache: bool = True  # encode the corpus into the feature cache up front, one process per core
     seeds: int = 3  # training seeds per variant unless --seeds says otherwise
     variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
+    # --projector_output_norm of every variant, both stages ("none": the paper's projector).
+    output_norm: str = "none"
     projector: dict = field(
         default_factory=lambda: {
             "hidden_size": 128,
@@ -106,7 +108,8 @@ class Budget:
 
     def projector_options(self) -> dict:
         """The Q-Former settings (for in-process model building)."""
-        return dict(self.projector)
+        extra = {} if self.output_norm == "none" else {"output_norm": self.output_norm}
+        return {**self.projector, **extra}
 
     def projector_flags(self) -> list[str]:
         names = {
@@ -115,7 +118,10 @@ class Budget:
             "intermediate_size": "--mm_qformer_intermediate_size",
             "num_layers": "--mm_qformer_num_hidden_layers",
         }
-        return [x for k, v in self.projector.items() for x in (names[k], str(v))]
+        flags = [x for k, v in self.projector.items() for x in (names[k], str(v))]
+        if self.output_norm != "none":
+            flags += ["--projector_output_norm", self.output_norm]
+        return flags
 
 
 BUDGETS = {

@@ -34,7 +34,7 @@ def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_d
         }
     else:
         assert not loss_args.contrastive_layer_weights
-    assert "output_norm" not in config  # every variant keeps the paper's projector
+    assert "output_norm" not in config  # the default budget keeps the paper's projector
     if study._supports("audio_feature_cache"):
         assert str(study.cache_dir) in args
 
@@ -55,3 +55,12 @@ def test_budget_override():
     assert (b.pretrain_steps, b.fill_cache, b.variants) == (7, False, ("none", "asr"))
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         override(BUDGETS["default"], ["bogus=1"])
+
+
+def test_budget_output_norm_reaches_both_ways_of_building_the_projector():
+    b = override(BUDGETS["default"], ["output_norm=rms_match"])
+    flags = b.projector_flags()
+    assert flags[flags.index("--projector_output_norm") + 1] == "rms_match"
+    assert b.projector_options()["output_norm"] == "rms_match"
+    assert "--projector_output_norm" not in BUDGETS["default"].projector_flags()
+    assert "output_norm" not in BUDGETS["default"].projector_options()

@@ -74,6 +74,13 @@ class Budget:
     chat_copies: int = 2  # conversations per task item (each with a random instruction and layout)
     plain_lines: int = 3000  # plain LM lines mixed in (BOS text EOS: the mixed-NWP format)
     scrambled: int = 0  # word-shuffled repeat items per sentence (pure copying; see chats.scrambled_items)
+    # Extra conversations per item of a task on top of `chat_copies` (e.g. {"SQA": 2}: answering from a
+    # passage is learned later than copying or translating, so it gets more of the steps).
+    task_copies: dict = field(default_factory=dict)
+    # Share of conversations whose input words are repeated 1..stretch_max times (chats.stretched): the
+    # LLM learns to read input at the projector's rate (~12 positions per second of speech).
+    stretch_frac: float = 0.0
+    stretch_max: int = 3
     encoder_max_train: int | None = None  # training utterances used (None: all)
     max_dev: int = 200  # dev utterances scored for CER
     topline_n: int | None = None  # items per task in the text topline (None: the whole split)
@@ -134,6 +141,55 @@ BUDGETS: dict[str, Budget] = {
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         chat_copies=2,
         scrambled=1,
+    ),
+    # Candidates of the next shipped LLM (encoder as in ship): long enough for copying to switch on.
+    "ship-a": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=3000, lr=5e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
+                      checkpoint_every=100),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+        scrambled=1,
+        task_copies={"SQA": 2},
+    ),
+    "ship-b": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=3000, lr=5e-3, block_size=128, batch_size=32,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
+                      checkpoint_every=100),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+        plain_lines=1000,
+        scrambled=1,
+        task_copies={"SQA": 2},
+    ),
+    "ship-d": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=2700, lr=5e-3, block_size=256, batch_size=16,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=450,
+                      checkpoint_every=100),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+        scrambled=1,
+        task_copies={"SQA": 2},
+        stretch_frac=0.6,
+        stretch_max=3,
+    ),
+    "ship-c": Budget(
+        vocab_size=2000,
+        llm_args=dict(time_budget_s=None, max_steps=2400, lr=5e-3, block_size=128, batch_size=32,
+                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
+                      checkpoint_every=100),
+        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
+        llm_config=dict(_TINY_LLM, intermediate_size=512),
+        chat_copies=2,
+        plain_lines=1000,
+        scrambled=3,
+        task_copies={"ASR": 1},
     ),
     # A longer alternative of the next LLM (the encoder as in ship-next).
     "ship-next-long": Budget(
@@ -223,8 +279,8 @@ def _topline_summary(topline: dict) -> dict:
 # ----------------------------------------------------------------------------------- driver
 # The budget fields each model depends on: a model is reused when these (and the seed) are unchanged.
 PART_FIELDS = {
-    "llm": ("vocab_size", "llm_args", "llm_config", "chat_copies", "plain_lines", "scrambled", "max_dev",
-            "topline_n", "eval_n"),
+    "llm": ("vocab_size", "llm_args", "llm_config", "chat_copies", "plain_lines", "scrambled", "task_copies",
+            "stretch_frac", "stretch_max", "max_dev", "topline_n", "eval_n"),
     "encoder": ("encoder_args", "encoder_config", "encoder_max_train", "max_dev"),
 }  # fmt: skip
 
@@ -293,7 +349,15 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
     items = read_task_texts(tasks_file)
     if budget.scrambled:
         items = items + scrambled_items(items, rng, budget.scrambled)
-    conversations = training_conversations(items, prompts, rng, copies=budget.chat_copies)
+    extra = [it for it in items for _ in range(budget.task_copies.get(it.task, 0))]
+    conversations = training_conversations(
+        items + extra,
+        prompts,
+        rng,
+        copies=budget.chat_copies,
+        stretch_frac=budget.stretch_frac,
+        stretch_max=budget.stretch_max,
+    )
     lines = [ln.strip() for ln in lm_file.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
     t0 = time.monotonic()
@@ -343,7 +407,10 @@ def build_llm(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dict) -
         report["build_wall_s"] = round(time.monotonic() - wall0, 1)  # tokenizer + training + topline
         report["train_examples"] = {
             "plain": len(plain),
-            **{t: sum(1 for it in items if it.task == t) * budget.chat_copies for t in TASKS},
+            **{
+                t: sum(1 + budget.task_copies.get(t, 0) for it in items if it.task == t) * budget.chat_copies
+                for t in TASKS
+            },
         }
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)

@@ -126,6 +126,20 @@ def scrambled_items(items: Sequence[TaskText], rng: np.random.Generator, per_ite
     return out
 
 
+def stretched(item: TaskText, rng: np.random.Generator, max_repeat: int) -> TaskText:
+    """`item` with every word of its content repeated 1..`max_repeat` times (uniformly); target unchanged.
+
+    A projector emits about 12 positions per second of speech (4 per 0.333 s window), three or more per
+    spoken word, and a large LLM reads such a slowed-down input without trouble. A 1 M-parameter LLM
+    trained on text alone copies it literally ("the the famous famous farmer"); conversations whose
+    input is stretched teach it to read at speech rate, as the study needs.
+    """
+    words = item.content.split()
+    reps = rng.integers(1, max_repeat + 1, size=len(words))
+    text = " ".join(w for w, r in zip(words, reps) for _ in range(int(r)))
+    return TaskText(item.task, text, item.target, item.question)
+
+
 def training_conversations(
     items: Sequence[TaskText],
     prompts: PromptBank,
@@ -133,16 +147,21 @@ def training_conversations(
     copies: int = 1,
     original_frac: float = 0.6,
     system_frac: float = 0.8,
+    stretch_frac: float = 0.0,
+    stretch_max: int = 3,
 ) -> list[list[Message]]:
     """`copies` conversations per item, each with a random instruction, layout and system turn.
 
     The paper's layout (`original_frac` of them) always carries the system turn, as the study's prompts
-    do; the instruction-first ones carry it with probability `system_frac`.
+    do; the instruction-first ones carry it with probability `system_frac`. A `stretch_frac` share of
+    the conversations reads a stretched input (`stretched`, words repeated up to `stretch_max` times).
     """
     n_instr = {t: len(instructions(prompts, t)) for t in TASKS}
     out = []
     for _ in range(copies):
         for item in items:
+            if stretch_frac and rng.random() < stretch_frac:
+                item = stretched(item, rng, stretch_max)
             layout = "original" if rng.random() < original_frac else "instruction_first"
             choice = int(rng.integers(n_instr[item.task]))
             system = layout == "original" or rng.random() < system_frac

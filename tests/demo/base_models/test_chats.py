@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -150,3 +151,30 @@ def test_scrambled_items_are_word_permutations_of_asr_items():
     assert sorted(out[0].content.split()) == sorted("the old man reads a book".split())
     assert len({it.content for it in out[:3]}) > 1  # each its own permutation
     assert scrambled_items(items, np.random.default_rng(3), per_item=3) == out
+
+
+def test_stretched_repeats_each_word_in_order_and_keeps_the_target():
+    from llava.demo.base_models.chats import stretched
+
+    item = TaskText("ST", "the old man reads a book", "der alte Mann liest ein Buch")
+    out = stretched(item, np.random.default_rng(1), max_repeat=3)
+    assert out.target == item.target and out.task == "ST" and out.question is None
+    words = out.content.split()
+    collapsed = [w for i, w in enumerate(words) if i == 0 or w != words[i - 1]]
+    assert collapsed == item.content.split()  # no adjacent duplicates in the source sentence
+    runs = [len(list(g)) for _, g in itertools.groupby(words)]
+    assert max(runs) <= 3 and min(runs) >= 1
+    seen = {len(stretched(item, np.random.default_rng(s), 3).content.split()) for s in range(20)}
+    assert len(seen) > 1 and max(seen) > len(item.content.split())
+
+
+def test_training_conversations_stretch_a_share_of_inputs():
+    items = [TaskText("ASR", "one two three four five", "one two three four five")] * 400
+    convs = training_conversations(items, PROMPTS, np.random.default_rng(0), stretch_frac=0.5, stretch_max=2)
+    users = [c[-2]["content"] for c in convs]
+    share = sum("one two three four five" not in u for u in users) / len(users)
+    # A stretched input stays unchanged when every word happens to be drawn once (1/32 here).
+    assert 0.5 * (1 - 1 / 32) - 0.07 < share < 0.5 + 0.07
+    assert all(c[-1]["content"] == "one two three four five" for c in convs)
+    plain = training_conversations(items, PROMPTS, np.random.default_rng(0))
+    assert all("one two three four five" in c[-2]["content"] for c in plain)
