@@ -45,7 +45,7 @@ def override(budget: Budget, items: list[str]) -> Budget:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m llava.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true", help="the smallest run (CI): tiny corpus, a few steps")
-    p.add_argument("--seeds", type=int, default=None, help="training seeds per variant (default 4; smoke 2)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds per variant (default 3; smoke 2)")
     p.add_argument("--out", default="outputs/demo", help="output directory (finished phases are reused)")
     p.add_argument(
         "--variants",

@@ -137,6 +137,6 @@ BUDGETS = {
     "default": Budget(
         "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=1e-3,
         finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
-        full_data_steps=800, seeds=4,
+        full_data_steps=800, seeds=3,
     ),
 }  # fmt: skip

@@ -122,51 +122,13 @@ BUDGETS: dict[str, Budget] = {
         llm_config=dict(_TINY_LLM, intermediate_size=512),
         topline_n=40,
     ),
-    # The shipped base models (llava/demo/assets): reproducible bit for bit.
+    # The shipped base models (llava/demo/assets): reproducible bit for bit. The LLM recipe, by
+    # measurement (test-split text topline: repeat WER / BLEU / SQA F1): 700 steps of window-packed
+    # chats 58.7 / 7.6 / 11.7; 3,000 steps of whole-example packing with SQA items tripled 0.1 / 82.4 /
+    # 50.8, but it copies a slowed-down input literally ("the the cat cat"); stretched inputs (60 % of
+    # the conversations, chats.stretched) teach it to read at the projector's rate, and copying switches
+    # on earlier (repeat WER 9 % at step 1,350; 63 % at step 1,200 without).
     "ship": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=700, lr=5e-3, block_size=256, batch_size=16,
-                      prompt_loss_weight=0.2, eval_every=175),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-    ),
-    # The next shipped models, being built (the same recipe, trained longer).
-    "ship-next": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=2400, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=200,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-        scrambled=1,
-    ),
-    # Candidates of the next shipped LLM (encoder as in ship): long enough for copying to switch on.
-    "ship-a": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=3000, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-        scrambled=1,
-        task_copies={"SQA": 2},
-    ),
-    "ship-b": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=3000, lr=5e-3, block_size=128, batch_size=32,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-        plain_lines=1000,
-        scrambled=1,
-        task_copies={"SQA": 2},
-    ),
-    "ship-d": Budget(
         vocab_size=2000,
         llm_args=dict(time_budget_s=None, max_steps=2700, lr=5e-3, block_size=256, batch_size=16,
                       packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=450,
@@ -178,29 +140,6 @@ BUDGETS: dict[str, Budget] = {
         task_copies={"SQA": 2},
         stretch_frac=0.6,
         stretch_max=3,
-    ),
-    "ship-c": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=2400, lr=5e-3, block_size=128, batch_size=32,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-        plain_lines=1000,
-        scrambled=3,
-        task_copies={"ASR": 1},
-    ),
-    # A longer alternative of the next LLM (the encoder as in ship-next).
-    "ship-next-long": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=3600, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=300,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=4,
-        scrambled=1,
     ),
 }  # fmt: skip
 
