@@ -131,9 +131,9 @@ BUDGETS = {
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
         fill_cache=False,
     ),
-    # Sized by measurement: CPU seconds per phase of a full run (alignment ~1, eval ~9, stage 1 ~26,
-    # stage 2 ~37 per run at these step counts, each run ~10 s of it start-up), spread over two worker
-    # processes: about 20-25 minutes on 2 otherwise idle cores.
+    # Sized by measurement: 3 seeds of all variants plus the 100 % run took 1,062 s wall on 2 cores
+    # (stage 1 604 s, stage 2 910 s, evaluation 371 s summed over the two worker processes; each run
+    # ~10 s of start-up), inside the 30-minute target with room for a fourth seed on a faster machine.
     "default": Budget(
         "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=1e-3,
         finetune_learning_rate=1e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,

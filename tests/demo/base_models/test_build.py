@@ -40,9 +40,10 @@ def test_finished_model_reused_only_with_its_own_settings(tmp_path):
 
 def test_fields_added_later_count_as_their_default(tmp_path):
     spec = asdict(BUDGETS["ship"])
-    old = {k: v for k, v in spec.items() if k != "scrambled"}  # saved before the field existed
+    spec["stretch_max"] = Budget.__dataclass_fields__["stretch_max"].default
+    old = {k: v for k, v in spec.items() if k != "stretch_max"}  # saved before the field existed
     llm = _saved(tmp_path, "llm", old)
     assert _finished(llm, {"seed": 42, "spec": spec}) is not None
-    assert _finished(llm, {"seed": 42, "spec": {**spec, "scrambled": 2}}) is None
+    assert _finished(llm, {"seed": 42, "spec": {**spec, "stretch_max": 7}}) is None
     (llm / REPORT_NAME).write_text("{not json")
     assert _finished(llm, {"seed": 42, "spec": spec}) is None
