@@ -236,24 +236,10 @@ def significance(data: dict[str, dict], columns: list[str]) -> tuple[str, str, l
     for n, column in enumerate(columns):
         digits = 3 if "NLL" in column else 1
 
-        results = [_test(data, column, pair) for pair in pairs]
-        adjusted = holm([r.p for r in results])
-        p_results = [_test(data, column, pair) for pair in planned]
-        p_adjusted = holm([r.p for r in p_results])
-        rows, exploratory = [], []
-        for (a, b), r, p_adj in zip(pairs, results, adjusted):
-            line, sig = _pair_line(labels, a, b, r, p_adj, digits)
-            rows.append(line)
-            if sig:
-                exploratory.append(line)
-            records.append({"column": column, "family": "all", "a": a, "b": b, "test": r.test, "diff": r.diff, "ci": r.half_width, "p": r.p, "p_holm": p_adj, "n": r.n, "significant": sig})  # fmt: skip
-        p_rows, p_sig = [], []
-        for (a, b), r, p_adj in zip(planned, p_results, p_adjusted):
-            line, sig = _pair_line(labels, a, b, r, p_adj, digits)
-            p_rows.append(line)
-            if sig:
-                p_sig.append(line)
-            records.append({"column": column, "family": "planned", "a": a, "b": b, "test": r.test, "diff": r.diff, "ci": r.half_width, "p": r.p, "p_holm": p_adj, "n": r.n, "significant": sig})  # fmt: skip
+        # A planned pair is tested in its own order (A − B), which the all-pairs list may reverse.
+        tests = {pair: _test(data, column, pair) for pair in dict.fromkeys([*pairs, *planned])}
+        rows, exploratory = _family(labels, column, "all", pairs, tests, digits, records)
+        p_rows, p_sig = _family(labels, column, "planned", planned, tests, digits, records)
         title = f"\n**{column}** (A − B; t-test paired by seed; Holm over the {len(planned)} planned pairs)\n"
         full += [
             f"\n**{column}** (A − B; t-test paired by seed; Holm over all {len(pairs)} pairs)\n",
@@ -273,6 +259,30 @@ def significance(data: dict[str, dict], columns: list[str]) -> tuple[str, str, l
                 *exploratory,
             ]
     return "\n".join(summary), "\n".join(full), records
+
+
+def _family(
+    labels: dict, column: str, family: str, pairs: list, tests: dict, digits: int, records: list[dict]
+) -> tuple[list[str], list[str]]:
+    """Holm-adjust one family of pair tests; its table rows and significant rows, and append its records."""
+    adjusted = holm([tests[pair].p for pair in pairs])
+    rows, significant = [], []
+    for (a, b), p_adj in zip(pairs, adjusted):
+        r = tests[(a, b)]
+        line, sig = _pair_line(labels, a, b, r, p_adj, digits)
+        rows.append(line)
+        if sig:
+            significant.append(line)
+        records.append({"column": column, "family": family, "a": a, "b": b, "test": r.test, "diff": r.diff, "ci": r.half_width, "p": r.p, "p_holm": p_adj, "n": r.n, "significant": sig})  # fmt: skip
+    return rows, significant
+
+
+def _relative(path: Path, root: Path) -> str:
+    """`path` relative to `root` when it lies inside it, else as given."""
+    try:
+        return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def full_data_share(data: dict[str, dict], full: dict | None) -> dict | None:
@@ -462,7 +472,8 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         "timings": tracker.timings,
         "phase_totals": totals,
         "cpu_totals": cpu,
-        "base_models": {"path": str(base), **phase_info(base)},
+        # Relative to the output directory when inside it, so a copied results.json names no machine path.
+        "base_models": {"path": _relative(base, out), **phase_info(base)},
         "budget": _jsonable(vars(budget)),
         "machine": machine(),
     }

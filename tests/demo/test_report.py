@@ -139,3 +139,10 @@ def test_write_report_files_and_significance(tmp_path):
         ("asr", "none"), ("contr-cos-all-fixed", "none"), ("contr-cos-all-fixed", "asr")
     }  # fmt: skip
     assert json.loads((out / "results.json").read_text())["variants"]["asr"]["diverged"] == {"2": "finetune"}
+
+
+def test_paths_inside_the_output_directory_are_recorded_relative(tmp_path):
+    from llava.demo.report import _relative
+
+    assert _relative(tmp_path / "base", tmp_path) == "base"
+    assert _relative(tmp_path / "elsewhere", tmp_path / "out") == str(tmp_path / "elsewhere")
