@@ -299,5 +299,18 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
     return trainer
 
 
+def run(argv: list[str] | None = None) -> None:
+    """Script entry: train, then leave the process group in order.
+
+    A rank that exits with its gloo/NCCL group still alive can abort in the C++ destructor of the
+    group's worker threads ("terminate called without an active exception"), failing a run that
+    trained and saved; a final barrier and an explicit teardown avoid that.
+    """
+    main(argv)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
 if __name__ == "__main__":
-    main()
+    run()
