@@ -106,7 +106,10 @@ class SpeechDataset(Dataset):
         parts = []
         for s_idx, src in enumerate(self.sources):
             local = np.arange(len(src), dtype=np.int64)
-            key = (src.spec.field, str(src.spec.path))
+            # The source's name (`{type}.{task}.{language}:{file stem}`, unique here), not its path: the
+            # same corpus in another directory (another study's output, another machine) must give the
+            # same subset, or runs that differ only in where their data lives train on different rows.
+            key = (src.name,)
             if data_subset is not None and len(local):
                 k = max(1, round(len(local) * data_subset))
                 rng = stable_rng(seed, "subset", *key)

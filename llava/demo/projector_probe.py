@@ -73,13 +73,16 @@ def probe(
     params = [p for p in model.projector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     gen = torch.Generator().manual_seed(seed)
-    history, t0 = [], time.perf_counter()
+    history, t0, running = [], time.perf_counter(), []
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
             model.eval()
             row = {"step": step, "dev_nll": _nll(model, collator, dev, 16)}
             if train_limit is not None:  # the memorised set's own NLL
                 row["train_nll"] = _nll(model, collator, train, 16)
+            if running:  # mean training-batch loss since the previous evaluation (train mode)
+                row["train_loss"] = round(sum(running) / len(running), 4)
+                running.clear()
             row["seconds"] = round(time.perf_counter() - t0, 1)
             history.append(row)
             model.train()
@@ -92,6 +95,7 @@ def probe(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)  # the scripts' --max_grad_norm
         optimizer.step()
+        running.append(float(loss.detach()))
     return history
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import textwrap
 from collections import Counter
 from pathlib import Path
@@ -105,6 +106,19 @@ def test_data_subset_is_seeded_and_per_source(corpus):
     assert _by_source(a) == {"MuSTC": 10, "Spoken_SQuAD": 12}  # 5 rows x weight 2.5 (rounded)
     with pytest.raises(ValueError, match="data_subset"):
         SpeechDataset.from_config(corpus, "train", data_subset=1.5)
+
+
+def test_subset_weights_and_prompts_do_not_depend_on_where_the_data_lives(corpus, tmp_path_factory):
+    moved = tmp_path_factory.mktemp("elsewhere") / "corpus"
+    shutil.copytree(corpus.parent, moved)
+    config = moved / "data.yml"
+    config.write_text(corpus.read_text().replace(str(corpus.parent), str(moved)))
+    here = SpeechDataset.from_config(corpus, "train", data_subset=0.5, seed=3)
+    there = SpeechDataset.from_config(config, "train", data_subset=0.5, seed=3)
+    assert here.sources[0].spec.path != there.sources[0].spec.path
+    assert here.row_ids() == there.row_ids()  # the same rows, each repeated as often (weight 2.5)
+    prompts = [[getattr(ds[i], "prompt", None) for i in range(len(ds))] for ds in (here, there)]
+    assert prompts[0] == prompts[1] and len(set(prompts[0]) - {None}) > 1  # seeded per row, not fixed
 
 
 def test_eval_destination_fixed_prompt_no_weights(corpus):
