@@ -29,7 +29,7 @@ import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback
 
 from llava.constants import IGNORE_INDEX
@@ -39,6 +39,7 @@ from llava.fileio import atomic_path
 from llava.losses.distributed import data_parallel_world
 from llava.model.checkpoint import load_into, read_weights, save_trainable
 from llava.train.objectives import ObjectiveSet
+from llava.train.row_items import EpochBatches, EpochCallback, RowItems, durations_of
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +149,7 @@ class SpeechTrainer(Trainer):
                 "with DeepSpeed the optimiser steps inside backward: a non-finite step cannot be held back "
                 "here (DeepSpeed's fp16 loss scaling still skips overflowing steps)"
             )
-        self.add_callback(_EpochCallback())
+        self.add_callback(EpochCallback())
         self.add_callback(_StepGuard(self))
 
     # ----------------------------------------------------------------------------- loss
@@ -339,13 +340,13 @@ class SpeechTrainer(Trainer):
             drop_last=args.dataloader_drop_last,
             min_batch_size=self.objective.min_rows(world),
         )
-        dataset, batches = _RowItems(self.train_dataset), sampler
+        dataset, batches = RowItems(self.train_dataset), sampler
         if (
             args.dataloader_persistent_workers
             and args.dataloader_num_workers > 0
             and hasattr(self.train_dataset, "set_epoch")
         ):
-            batches = _EpochBatches(sampler)
+            batches = EpochBatches(sampler)
         prepared = self.accelerator.prepare(self._loader(dataset, batches, persistent=True))
         # The sampler already shards by rank: make accelerate's batch-sampler wrapper a passthrough.
         wrapper = getattr(prepared, "batch_sampler", None)
@@ -360,7 +361,7 @@ class SpeechTrainer(Trainer):
         if isinstance(eval_dataset, str):
             eval_dataset = self.eval_dataset[eval_dataset]
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        durations = _durations(dataset)
+        durations = durations_of(dataset)
         if durations is None:
             return super().get_eval_dataloader(eval_dataset)
         world, rank = data_parallel_world()
@@ -436,14 +437,6 @@ class SpeechTrainer(Trainer):
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
 
-def _durations(dataset: Dataset) -> Any | None:
-    """Per-item durations of a SpeechDataset (or a Subset of one); None for other datasets."""
-    if isinstance(dataset, Subset):
-        inner = _durations(dataset.dataset)
-        return None if inner is None else [inner[i] for i in dataset.indices]
-    return getattr(dataset, "durations", None)
-
-
 class _StepGuard(TrainerCallback):
     """Runs the trainer's check between backward and the optimiser step."""
 
@@ -452,57 +445,6 @@ class _StepGuard(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.trainer._guard_optimizer_step()
-
-
-class _EpochBatches:
-    """A batch sampler yielding `(epoch, index)` pairs. Persistent workers keep their own copy of the
-    dataset, which `set_epoch` in the main process never reaches: the epoch travels with the indices."""
-
-    def __init__(self, sampler: DurationBatchSampler) -> None:
-        self.sampler = sampler
-
-    def __iter__(self):
-        epoch = self.sampler.epoch
-        return ([(epoch, i) for i in batch] for batch in self.sampler)
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-
-class _RowItems(Dataset):
-    """The training dataset as the loader sees it: a row that cannot be used comes as a `SkippedRow`
-    (`sample_or_skip`, where the dataset has it) so its id reaches the trainer from any worker; keys
-    are indices, or `(epoch, index)` pairs from `_EpochBatches`."""
-
-    def __init__(self, dataset) -> None:
-        self.dataset = dataset
-        self._fetch = getattr(dataset, "sample_or_skip", dataset.__getitem__)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, key: int | tuple[int, int]):
-        if isinstance(key, tuple):
-            epoch, key = key
-            if self.dataset.epoch != epoch:
-                self.dataset.set_epoch(epoch)
-        return self._fetch(key)
-
-    def set_epoch(self, epoch: int) -> None:
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
-
-
-class _EpochCallback(TrainerCallback):
-    """Training prompts are redrawn per epoch: tell the dataset which epoch it is."""
-
-    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
-        dataset = getattr(train_dataloader, "dataset", None)
-        if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(int(state.epoch or 0))
 
 
 class _StateView:
