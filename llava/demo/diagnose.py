@@ -176,6 +176,7 @@ class ProbeOptions:
     seed: int = 0
     align_limit: int = 96  # dev utterances for the R@1 after the steps
     projector: dict = field(default_factory=dict)  # projector settings (without output_norm)
+    projector_type: str = "qformer"
 
 
 def probe(base: Path, corpus: Path, setting: ProbeSetting, opts: ProbeOptions, cache: Path | None) -> dict:
@@ -187,7 +188,7 @@ def probe(base: Path, corpus: Path, setting: ProbeSetting, opts: ProbeOptions, c
     model, tokenizer = build_model(
         str(base / "encoder"),
         str(base / "llm"),
-        projector_type="qformer",
+        projector_type=opts.projector_type,
         projector_config={**opts.projector, "output_norm": setting.output_norm},
     )
     apply_training_mode(model)
@@ -353,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         learning_rate=args.learning_rate,
         seed=args.seed,
         projector=BUDGETS["default"].projector_options(),
+        projector_type=BUDGETS["default"].projector_type,
     )
     base, corpus, out = Path(args.base), Path(args.corpus), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

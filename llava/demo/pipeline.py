@@ -247,7 +247,7 @@ class Study:
         model, _ = build_model(
             str(base / "encoder"),
             str(base / "llm"),
-            projector_type="qformer",
+            projector_type=self.budget.projector_type,
             projector_config={**self.budget.projector_options(), **variant.projector_options()},
         )
         save_trainable(apply_training_mode(model), out)

@@ -97,6 +97,9 @@ class Budget:
     variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
     # --projector_output_norm of every variant, both stages ("none": the paper's projector).
     output_norm: str = "none"
+    projector_type: str = "qformer"  # --mm_speech_projector_type (qformer | mlp | linear)
+    # Settings of that projector: Q-Former fields (hidden_size, num_heads, intermediate_size, num_layers,
+    # num_queries, window_seconds, window_positions) or, for mlp / linear, {"stack": k}.
     projector: dict = field(
         default_factory=lambda: {
             "hidden_size": 128,
@@ -107,21 +110,41 @@ class Budget:
     )
 
     def projector_options(self) -> dict:
-        """The Q-Former settings (for in-process model building)."""
+        """The projector settings (for in-process model building with `projector_type`)."""
         extra = {} if self.output_norm == "none" else {"output_norm": self.output_norm}
         return {**self.projector, **extra}
 
     def projector_flags(self) -> list[str]:
-        names = {
-            "hidden_size": "--mm_qformer_hidden_size",
-            "num_heads": "--mm_qformer_num_heads",
-            "intermediate_size": "--mm_qformer_intermediate_size",
-            "num_layers": "--mm_qformer_num_hidden_layers",
-        }
-        flags = [x for k, v in self.projector.items() for x in (names[k], str(v))]
+        """The training flags that build this projector."""
+        names = PROJECTOR_FLAGS.get(self.projector_type)
+        if names is None:
+            raise ValueError(
+                f"Budget.projector_type {self.projector_type!r}; known: {sorted(PROJECTOR_FLAGS)}"
+            )
+        unknown = sorted(set(self.projector) - set(names))
+        if unknown:
+            raise ValueError(f"Budget.projector: {unknown} are not {self.projector_type} settings; known: {sorted(names)}")  # fmt: skip
+        flags = ["--mm_speech_projector_type", self.projector_type]
+        flags += [x for k, v in self.projector.items() for x in (names[k], str(v))]
         if self.output_norm != "none":
             flags += ["--projector_output_norm", self.output_norm]
         return flags
+
+
+_STACK_FLAGS = {"stack": "--mm_speech_stack"}
+PROJECTOR_FLAGS: dict[str, dict[str, str]] = {
+    "qformer": {
+        "hidden_size": "--mm_qformer_hidden_size",
+        "num_heads": "--mm_qformer_num_heads",
+        "intermediate_size": "--mm_qformer_intermediate_size",
+        "num_layers": "--mm_qformer_num_hidden_layers",
+        "num_queries": "--mm_qformer_num_query_token",
+        "window_seconds": "--mm_qformer_window_seconds",
+        "window_positions": "--mm_qformer_window_positions",
+    },
+    "mlp": _STACK_FLAGS,
+    "linear": _STACK_FLAGS,
+}
 
 
 BUDGETS = {

@@ -36,6 +36,9 @@ class QFormerArgs:
     intermediate_size: int = 3072
     # Window length in seconds (0.333 s = 17 frames at 50 Hz).
     window_seconds: float = field(default=0.333, metadata={"aliases": ["--qformer_second_per_window"]})
+    # A learned embedding per frame position inside a window, added to the frames the queries read (off:
+    # the paper's Q-Former, whose cross-attention sees frame content only).
+    window_positions: bool = False
 
 
 @dataclass

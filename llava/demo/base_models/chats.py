@@ -22,6 +22,7 @@ evaluation's own metrics (paper WER, sacreBLEU, SQuAD F1).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,6 +139,27 @@ def stretched(item: TaskText, rng: np.random.Generator, max_repeat: int) -> Task
     reps = rng.integers(1, max_repeat + 1, size=len(words))
     text = " ".join(w for w, r in zip(words, reps) for _ in range(int(r)))
     return TaskText(item.task, text, item.target, item.question)
+
+
+WORD_SEPARATOR = "|"  # between spelled words, as in the character CTC vocabulary
+
+
+def spelled(item: TaskText, rng: np.random.Generator, repeat_p: float = 0.3) -> TaskText:
+    """`item` with its content written letter by letter ("t h e | c a t"); target unchanged.
+
+    The frozen encoder is a character CTC model: what its frames carry, and what a projector can map
+    out of them quickly, is letters, about 13 per second of speech plus word gaps, while the word a
+    letter belongs to only exists over several windows. A large LLM reads spelled-out words; a 1 M-
+    parameter one has to be taught. Each letter (and separator) is doubled with probability
+    `repeat_p`, so a reader tolerates a projector emitting a letter over two positions. Only letters
+    are kept (digits and punctuation dropped, as in the CTC transcripts).
+    """
+    words = re.sub(r"[^a-z ]", " ", item.content.lower()).split()
+    out: list[str] = []
+    for i, word in enumerate(words):
+        for ch in ([WORD_SEPARATOR] if i else []) + list(word):
+            out.extend([ch] * (2 if rng.random() < repeat_p else 1))
+    return TaskText(item.task, " ".join(out), item.target, item.question)
 
 
 def training_conversations(

@@ -299,6 +299,7 @@ def train_tiny_llm(
     args: LlmTrainArgs | None = None,
     evaluate: Callable[[LlamaForCausalLM], dict] | None = None,
     resume_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train a tiny `LlamaForCausalLM` on packed text/chat examples; save model + tokenizer to `out_dir`.
 
@@ -312,13 +313,19 @@ def train_tiny_llm(
     step are saved there every `checkpoint_every` steps; a later call with the same arguments resumes
     from the last one and ends with the same weights as an uninterrupted run (step-counted budgets
     only). The checkpoint is removed when training ends.
+
+    `init_from` continues a saved model (its weights and config; `config` is then ignored) instead of
+    starting from a random one: a later phase of a recipe.
     """
     args = args or LlmTrainArgs()
     if not train_examples:
         raise ValueError("train_tiny_llm needs at least one training example")
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = LlamaForCausalLM(default_llm_config(tokenizer, **(config or {})))
+    if init_from is not None:
+        model = LlamaForCausalLM.from_pretrained(str(init_from), dtype=torch.float32)
+    else:
+        model = LlamaForCausalLM(default_llm_config(tokenizer, **(config or {})))
     model.train()
 
     if args.packing not in ("window", "whole"):

@@ -31,6 +31,10 @@ class QFormerSettings(OutputNormSettings):
     window_seconds: float = 0.333  # window length; frames per window = round(frame_rate * this)
     dropout: float = 0.1  # hidden and attention dropout inside the Q-Former
     layer_norm_input: bool = True  # LayerNorm on encoder features before cross-attention
+    # A learned embedding per frame position inside the window, added to the frames the queries read
+    # (off: the paper's Q-Former, whose cross-attention sees content only, so its queries cannot tell
+    # the start of a window from its end).
+    window_positions: bool = False
 
 
 class QFormerProjector(Projector):
@@ -39,6 +43,9 @@ class QFormerProjector(Projector):
         self.settings = settings
         self.window = max(1, round(frame_rate * settings.window_seconds))
         self.input_norm = nn.LayerNorm(encoder_dim) if settings.layer_norm_input else nn.Identity()
+        self.window_positions = (
+            nn.Parameter(torch.randn(self.window, encoder_dim) * 0.02) if settings.window_positions else None
+        )  # [w, De]
         qcfg = Blip2QFormerConfig(
             hidden_size=settings.hidden_size,
             num_hidden_layers=settings.num_layers,
@@ -66,6 +73,8 @@ class QFormerProjector(Projector):
         q = self.settings.num_queries
         windows, wmask = self.fold(self.input_norm(feats), mask, self.window)  # [B, W, w, De], [B, W, w]
         n_win, size = windows.shape[1], windows.shape[2]
+        if self.window_positions is not None:
+            windows = windows + self.window_positions[:size].to(windows.dtype)
         valid = wmask.any(-1)  # [B, W]
         # A padding window attends to its own zero frames (never to an empty key set); dropped below.
         attend = (wmask | ~valid[..., None]).reshape(b * n_win, size)  # [B*W, w]

@@ -21,6 +21,17 @@ def test_step_budgets_are_deterministic_time_budgets_are_not():
 def test_part_fields_name_budget_fields():
     names = {f for f in Budget.__dataclass_fields__}
     assert set(PART_FIELDS["llm"]) <= names and set(PART_FIELDS["encoder"]) <= names
+    assert set(PART_FIELDS["llm_text"]) < set(PART_FIELDS["llm"])  # the spelled phase adds its own
+
+
+def test_first_llm_phase_reused_when_only_the_spelled_phase_changes(tmp_path):
+    spec = BUDGETS["ship"]
+    stamp = {"budget": "ship", "seed": 42, "spec": asdict(spec)}
+    first, final = _saved(tmp_path, "llm_text", asdict(spec)), _saved(tmp_path, "llm", asdict(spec))
+    longer = {**stamp, "spec": asdict(replace(spec, spell_steps=spec.spell_steps + 1))}
+    assert _finished(first, longer) is not None and _finished(final, longer) is None
+    other_first = {**stamp, "spec": asdict(replace(spec, chat_copies=3))}
+    assert _finished(first, other_first) is None and _finished(final, other_first) is None
 
 
 def test_finished_model_reused_only_with_its_own_settings(tmp_path):

@@ -178,3 +178,21 @@ def test_training_conversations_stretch_a_share_of_inputs():
     assert all(c[-1]["content"] == "one two three four five" for c in convs)
     plain = training_conversations(items, PROMPTS, np.random.default_rng(0))
     assert all("one two three four five" in c[-2]["content"] for c in plain)
+
+
+def test_spelled_writes_letters_and_word_gaps_and_keeps_the_target():
+    from llava.demo.base_models.chats import spelled
+
+    item = TaskText("ASR", "The cat's 2 mats.", "The cat's 2 mats.")
+    out = spelled(item, np.random.default_rng(0), repeat_p=0.0)
+    # Letters only, lower case, as the character CTC transcripts: "'", digits and "." dropped.
+    assert out.content == "t h e | c a t | s | m a t s"
+    assert out.target == item.target and out.task == "ASR" and out.question is None
+    doubled = spelled(item, np.random.default_rng(0), repeat_p=1.0).content.split()
+    assert doubled == [t for t in out.content.split() for _ in range(2)]
+    # Some letters doubled at 0.3, and dropping the doubles (no letter repeats in these words) gives back
+    # the plain spelling.
+    some = spelled(TaskText("ASR", "the old man reads", "x"), np.random.default_rng(3), 0.3).content.split()
+    assert 0 < len(some) - len("t h e | o l d | m a n | r e a d s".split()) < len(some) / 2
+    collapsed = [t for i, t in enumerate(some) if i == 0 or t != some[i - 1]]
+    assert " ".join(collapsed) == "t h e | o l d | m a n | r e a d s"

@@ -83,3 +83,26 @@ def test_unknown_option_lists_the_known_ones():
         ValueError, match=r"unknown qformer projector option\(s\) \['queries'\]; known: .*num_queries"
     ):
         build_projector("qformer", {"queries": 4}, encoder_dim=8, llm_dim=16, frame_rate=50.0)
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_window_positions_make_frame_order_inside_a_window_visible(positions):
+    # The paper's cross-attention reads frame content only: reversing the frames of a window gives the
+    # same outputs. With window position embeddings the queries can tell the start from the end.
+    proj = _projector(window_seconds=0.1, window_positions=positions)  # 5-frame windows
+    if positions:  # as learned: initialised small (std 0.02), they grow in training
+        with torch.no_grad():
+            proj.window_positions.normal_()
+    feats = torch.randn(1, 10, 8)
+    mask = torch.ones(1, 10, dtype=torch.bool)
+    flipped = feats.clone()
+    flipped[0, :5] = feats[0, :5].flip(0)  # the first window, reversed
+    with torch.no_grad():
+        a, _ = proj(feats, mask)
+        b, _ = proj(flipped, mask)
+    q = SMALL["num_queries"]
+    torch.testing.assert_close(a[0, q:], b[0, q:])  # the second window is untouched either way
+    assert torch.allclose(a[0, :q], b[0, :q], atol=1e-5) is (not positions)
+    assert (proj.window_positions is not None) is positions
+    if positions:
+        assert proj.window_positions.shape == (5, 8) and proj.window_positions.requires_grad
