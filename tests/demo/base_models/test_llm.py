@@ -217,7 +217,13 @@ def test_init_from_continues_a_saved_model(trained, tok, tmp_path):
     # would be near ln(vocab)); its config is the saved one's, not the `config` argument.
     args = LlmTrainArgs(time_budget_s=None, max_steps=2, batch_size=4, block_size=32, lr=0.0)
     cont = train_tiny_llm(
-        CHATS * 2, SENTENCES[:2] + CHATS[:1], tok, tmp_path, config=dict(TINY, hidden_size=64), args=args, init_from=out
+        CHATS * 2,
+        SENTENCES[:2] + CHATS[:1],
+        tok,
+        tmp_path,
+        config=dict(TINY, hidden_size=64),
+        args=args,
+        init_from=out,
     )
     assert cont["dev_loss"] == pytest.approx(report["dev_loss"], abs=1e-5)
     assert AutoModelForCausalLM.from_pretrained(str(tmp_path)).config.hidden_size == TINY["hidden_size"]
