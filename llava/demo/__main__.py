@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -37,6 +38,14 @@ def override(budget: Budget, items: list[str]) -> Budget:
             changes[name] = type(current)(value)
         elif isinstance(current, tuple):
             changes[name] = tuple(v for v in value.split(",") if v)
+        elif isinstance(current, dict):  # JSON, e.g. projector={"stack": 3}
+            try:
+                parsed = json.loads(value)
+            except ValueError as exc:
+                raise ValueError(f"--set {name}: expected a JSON object, got {value!r} ({exc})") from exc
+            if not isinstance(parsed, dict):
+                raise ValueError(f"--set {name}: expected a JSON object, got {value!r}")
+            changes[name] = parsed
         else:
             raise ValueError(f"--set {name}: this field cannot be set from the command line")
     return dataclasses.replace(budget, **changes)

@@ -64,3 +64,30 @@ def test_budget_output_norm_reaches_both_ways_of_building_the_projector():
     assert b.projector_options()["output_norm"] == "rms_match"
     assert "--projector_output_norm" not in BUDGETS["default"].projector_flags()
     assert "output_norm" not in BUDGETS["default"].projector_options()
+
+
+def test_budget_projector_type_and_settings_become_training_flags_that_parse():
+    from llava.train.train import parse_args
+
+    b = override(BUDGETS["default"], ["projector_type=mlp", 'projector={"stack": 3}'])
+    flags = b.projector_flags()
+    assert flags[:2] == ["--mm_speech_projector_type", "mlp"] and b.projector_options() == {"stack": 3}
+    base = [
+        "--model_name_or_path",
+        "m",
+        "--audio_encoder",
+        "e",
+        "--data_config_path",
+        "d",
+        "--output_dir",
+        "o",
+    ]
+    model_args = parse_args(base + flags)[0]
+    assert model_args.projector_config() == {"stack": 3}
+    q = override(BUDGETS["default"], ['projector={"hidden_size": 32, "num_queries": 1, "window_seconds": 0.06, "window_positions": true}'])  # fmt: skip
+    cfg = parse_args(base + q.projector_flags())[0].projector_config()
+    assert (cfg["hidden_size"], cfg["num_queries"], cfg["window_seconds"], cfg["window_positions"]) == (32, 1, 0.06, True)  # fmt: skip
+    with pytest.raises(ValueError, match="not mlp settings"):
+        override(BUDGETS["default"], ["projector_type=mlp"]).projector_flags()  # Q-Former settings left
+    with pytest.raises(ValueError, match="JSON object"):
+        override(BUDGETS["default"], ["projector=[3]"])
