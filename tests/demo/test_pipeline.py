@@ -25,7 +25,9 @@ def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_d
         args += ["--log_term_grad_norms", "True"]
     model_args, _, loss_args, train_args = parse_args(["--output_dir", str(tmp_path / "o"), *args])[:4]
     config = model_args.projector_config()
-    assert config["hidden_size"] == BUDGETS["default"].projector["hidden_size"]
+    budget = BUDGETS["default"]
+    assert model_args.mm_speech_projector_type == budget.projector_type
+    assert {k: config[k] for k in budget.projector} == budget.projector
     assert train_args.max_steps == 10 and train_args.seed == 3
     if key in ("contr-cos-all-fixed", "pos-shift"):
         weights = dict(item.split(":") for item in loss_args.contrastive_layer_weights.split(","))
@@ -34,7 +36,7 @@ def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_d
         }
     else:
         assert not loss_args.contrastive_layer_weights
-    assert "output_norm" not in config  # the default budget keeps the paper's projector
+    assert config.get("output_norm", "none") == budget.output_norm  # every variant, both stages
     if study._supports("audio_feature_cache"):
         assert str(study.cache_dir) in args
 
@@ -62,8 +64,9 @@ def test_budget_output_norm_reaches_both_ways_of_building_the_projector():
     flags = b.projector_flags()
     assert flags[flags.index("--projector_output_norm") + 1] == "rms_match"
     assert b.projector_options()["output_norm"] == "rms_match"
-    assert "--projector_output_norm" not in BUDGETS["default"].projector_flags()
-    assert "output_norm" not in BUDGETS["default"].projector_options()
+    paper = override(BUDGETS["default"], ["output_norm=none"])
+    assert "--projector_output_norm" not in paper.projector_flags()
+    assert "output_norm" not in paper.projector_options()
 
 
 def test_budget_projector_type_and_settings_become_training_flags_that_parse():
@@ -71,7 +74,7 @@ def test_budget_projector_type_and_settings_become_training_flags_that_parse():
 
     b = override(BUDGETS["default"], ["projector_type=mlp", 'projector={"stack": 3}'])
     flags = b.projector_flags()
-    assert flags[:2] == ["--mm_speech_projector_type", "mlp"] and b.projector_options() == {"stack": 3}
+    assert flags[:2] == ["--mm_speech_projector_type", "mlp"] and b.projector_options()["stack"] == 3
     base = [
         "--model_name_or_path",
         "m",
@@ -83,11 +86,11 @@ def test_budget_projector_type_and_settings_become_training_flags_that_parse():
         "o",
     ]
     model_args = parse_args(base + flags)[0]
-    assert model_args.projector_config() == {"stack": 3}
-    q = override(BUDGETS["default"], ['projector={"hidden_size": 32, "num_queries": 1, "window_seconds": 0.06, "window_positions": true}'])  # fmt: skip
+    assert model_args.projector_config()["stack"] == 3
+    q = override(BUDGETS["default"], ["projector_type=qformer", 'projector={"hidden_size": 32, "num_queries": 1, "window_seconds": 0.06, "window_positions": true}'])  # fmt: skip
     cfg = parse_args(base + q.projector_flags())[0].projector_config()
     assert (cfg["hidden_size"], cfg["num_queries"], cfg["window_seconds"], cfg["window_positions"]) == (32, 1, 0.06, True)  # fmt: skip
     with pytest.raises(ValueError, match="not mlp settings"):
-        override(BUDGETS["default"], ["projector_type=mlp"]).projector_flags()  # Q-Former settings left
+        override(q, ["projector_type=mlp"]).projector_flags()  # Q-Former settings left
     with pytest.raises(ValueError, match="JSON object"):
         override(BUDGETS["default"], ["projector=[3]"])
