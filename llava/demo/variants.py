@@ -164,9 +164,9 @@ BUDGETS = {
     # positions 1.79, without positions 1.95; 6 queries per 0.333 s window 2.48. A one-seed pilot of this
     # budget (none / asr): ASR WER 80 / 66 with the mlp, 88 (none) with the 3-frame Q-Former.
     "default": Budget(
-        "small", "small", pretrain_steps=250, finetune_steps=200, batch_size=8, learning_rate=3e-3,
+        "small", "small", pretrain_steps=400, finetune_steps=300, batch_size=8, learning_rate=3e-3,
         finetune_learning_rate=3e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
-        full_data_steps=800, seeds=3, output_norm="rms_match", projector_type="mlp",
+        full_data_steps=1000, seeds=3, output_norm="rms_match", projector_type="mlp",
         projector={"stack": 3},
     ),
 }  # fmt: skip
