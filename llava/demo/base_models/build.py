@@ -20,6 +20,7 @@ rebuild gives bit-identical weights (`python -m llava.demo.base_models.ship`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,8 +28,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from collections.abc import Iterator, Sequence
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ import pyarrow.parquet as pq
 
 from llava.dataset.audio import AudioDecodeError, decode_audio
 from llava.dataset.prompts import PromptBank
+from llava.demo.base_models.budgets import BUDGETS, Budget
 from llava.demo.base_models.chats import (
     TASKS,
     TaskText,
@@ -61,103 +63,6 @@ REPORT_NAME = "train_report.json"  # written last into a model directory by its 
 
 class CorpusError(ValueError):
     """A missing corpus file or column; the message names the file."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much compute one `--budget` spends."""
-
-    vocab_size: int  # BPE vocabulary (bytes and special tokens included)
-    llm_args: dict  # `LlmTrainArgs` fields (max_steps / time_budget_s, batch_size, ...)
-    encoder_args: dict  # `EncoderTrainArgs` fields
-    llm_config: dict = field(default_factory=dict)  # overrides of `default_llm_config`
-    encoder_config: dict = field(default_factory=dict)  # overrides of `default_encoder_config`
-    chat_copies: int = 2  # conversations per task item (each with a random instruction and layout)
-    plain_lines: int = 3000  # plain LM lines mixed in (BOS text EOS: the mixed-NWP format)
-    scrambled: int = 0  # word-shuffled repeat items per sentence (pure copying; see chats.scrambled_items)
-    # Extra conversations per item of a task on top of `chat_copies` (e.g. {"SQA": 2}: answering from a
-    # passage is learned later than copying or translating, so it gets more of the steps).
-    task_copies: dict = field(default_factory=dict)
-    # Share of conversations whose input words are repeated 1..stretch_max times (chats.stretched): the
-    # LLM learns to read input at the projector's rate (~12 positions per second of speech).
-    stretch_frac: float = 0.0
-    stretch_max: int = 3
-    # A second LLM phase (0 steps: none) continuing the first on spelled inputs (chats.spelled): every
-    # ASR/ST item spelled `spell_copies` times, mixed with one conversation per first-phase item (so the
-    # first phase's skills are rehearsed); `spell_args` override the first phase's LlmTrainArgs.
-    spell_steps: int = 0
-    spell_args: dict = field(default_factory=dict)
-    spell_copies: int = 2
-    spell_repeat: float = 0.3  # chance of doubling each spelled letter (chats.spelled)
-    encoder_max_train: int | None = None  # training utterances used (None: all)
-    max_dev: int = 200  # dev utterances scored for CER
-    topline_n: int | None = None  # items per task in the text topline (None: the whole split)
-    eval_n: int = 40  # items per task in the topline logged during LLM training (every llm eval_every)
-
-    @property
-    def deterministic(self) -> bool:
-        """Counted in steps, not seconds: the same on every run."""
-        return not self.llm_args.get("time_budget_s") and not self.encoder_args.get("time_budget_s")
-
-
-_TINY_LLM = dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2)
-BUDGETS: dict[str, Budget] = {
-    "smoke": Budget(
-        vocab_size=600,
-        llm_args=dict(time_budget_s=None, max_steps=6, batch_size=4, block_size=64),
-        encoder_args=dict(time_budget_s=None, max_steps=6, batch_seconds=4.0),
-        llm_config=dict(hidden_size=32, num_hidden_layers=2, intermediate_size=64),
-        encoder_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            conv_dim=(16, 16, 32),
-            num_conv_pos_embeddings=16,
-            num_conv_pos_embedding_groups=4,
-        ),
-        chat_copies=1,
-        plain_lines=50,
-        encoder_max_train=40,
-        max_dev=8,
-        topline_n=4,
-        spell_steps=2,  # the two-phase LLM recipe, as `ship` runs it
-    ),
-    # Built inside a study run: a few minutes, not competent (the shipped models are).
-    "small": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=120.0, lr=5e-3, block_size=256),
-        encoder_args=dict(time_budget_s=300.0),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        topline_n=40,
-    ),
-    # The shipped base models (llava/demo/assets): reproducible bit for bit. The LLM recipe, by
-    # measurement (test-split text topline: repeat WER / BLEU / SQA F1): 700 steps of window-packed
-    # chats 58.7 / 7.6 / 11.7; 3,000 steps of whole-example packing with SQA items tripled 0.1 / 82.4 /
-    # 50.8, but it copies a slowed-down input literally ("the the cat cat"); stretched inputs (60 % of
-    # the conversations, chats.stretched) teach it to read at the projector's rate, and copying switches
-    # on earlier (repeat WER 9 % at step 1,350; 63 % at step 1,200 without).
-    "ship": Budget(
-        vocab_size=2000,
-        llm_args=dict(time_budget_s=None, max_steps=2700, lr=5e-3, block_size=256, batch_size=16,
-                      packing="whole", decay_frac=0.3, prompt_loss_weight=0.25, eval_every=450,
-                      checkpoint_every=100),
-        encoder_args=dict(time_budget_s=None, max_steps=3600, eval_every=400),
-        llm_config=dict(_TINY_LLM, intermediate_size=512),
-        chat_copies=2,
-        scrambled=1,
-        task_copies={"SQA": 2},
-        stretch_frac=0.6,
-        stretch_max=3,
-        # Then 1,600 steps reading spelled inputs (chats.spelled), the form in which a projector can
-        # pass on what the character-CTC encoder hears (projector probe, dev NLL of the transcripts
-        # after 800 steps: 2.44 through the word-reading LLM, 1.34 through one taught to read letters).
-        spell_steps=1600,
-        spell_args=dict(lr=2e-3, warmup_frac=0.02, eval_every=400),
-        spell_copies=2,
-        spell_repeat=0.3,
-    ),
-}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------- corpus
@@ -278,6 +183,17 @@ def _same_spec(saved: dict, current: dict, keys: Sequence[str]) -> bool:
     return all(saved.get(k, defaults.get(k)) == current.get(k, defaults.get(k)) for k in keys)
 
 
+@contextlib.contextmanager
+def _staging(out: Path, prefix: str) -> Iterator[Path]:
+    """A private temporary directory in `out` for a model being built; removed if the build fails."""
+    tmp = Path(tempfile.mkdtemp(dir=out, prefix=prefix))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _install(tmp: Path, final: Path) -> None:
     """Move a finished temporary model directory into place (replacing an outdated one)."""
     # Temporary directories and files are created private (0700/0600); give them the usual modes.
@@ -322,11 +238,41 @@ def _spelled_topline(model, tokenizer, items: Sequence[TaskText], prompts: Promp
     return round(float(text_topline(model, tokenizer, asr, prompts)["ASR"]["paper_wer"]), 2)
 
 
+def _dev_sets(corpus: Path, budget: Budget, prompts: PromptBank) -> tuple[list[TextExample], list[TaskText]]:
+    """Dev conversations scored for the dev loss, and the dev items whose topline is logged in training."""
+    dev_items = split_task_texts(corpus, "dev")
+    dev_examples: list[TextExample] = [
+        conversation(it, user_turn(it, "original", prompts), True)
+        for it in _per_task(dev_items, budget.max_dev)
+    ]
+    return dev_examples, _per_task(dev_items, budget.eval_n)
+
+
+def _saved_toplines(
+    model_dir: Path, corpus: Path, budget: Budget, prompts: PromptBank, spelled_seed: int | None
+) -> dict:
+    """Toplines of the saved model directory, loaded the way the pipeline loads it: the text topline per
+    split (and its summary) and, with `spelled_seed`, the spelled-transcript repeat WER per split."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    items = {split: _per_task(split_task_texts(corpus, split), budget.topline_n) for split in ("dev", "test")}
+    out: dict = {"text_topline": {k: text_topline(model, tokenizer, v, prompts) for k, v in items.items()}}
+    out["text_topline_summary"] = {k: _topline_summary(v) for k, v in out["text_topline"].items()}
+    if spelled_seed is not None:
+        out["spelled_topline"] = {
+            k: {"repeat_wer": _spelled_topline(model, tokenizer, v, prompts, spelled_seed)}
+            for k, v in items.items()
+        }
+    return out
+
+
 def _build_spelled_llm(
     corpus: Path, first_dir: Path, final: Path, budget: Budget, seed: int, stamp: dict, first: dict
 ) -> dict:
     """The spelled phase: continue the first-phase LLM in `first_dir` into `final`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     wall0 = time.monotonic()
     out = final.parent
@@ -349,19 +295,13 @@ def _build_spelled_llm(
         stretch_max=budget.stretch_max,
     )
     tokenizer = AutoTokenizer.from_pretrained(str(first_dir))
-    dev_items = split_task_texts(corpus, "dev")
-    dev_examples: list[TextExample] = [
-        conversation(it, user_turn(it, "original", prompts), True)
-        for it in _per_task(dev_items, budget.max_dev)
-    ]
-    logged = _per_task(dev_items, budget.eval_n)
+    dev_examples, logged = _dev_sets(corpus, budget, prompts)
 
     def evaluate(model) -> dict:
         summary = _topline_summary(text_topline(model, tokenizer, logged, prompts))
         return {**summary, "spelled_repeat_wer": _spelled_topline(model, tokenizer, logged, prompts, seed)}
 
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".llm."))
-    try:
+    with _staging(out, ".llm.") as tmp:
         report = train_tiny_llm(
             conversations,
             dev_examples,
@@ -378,27 +318,7 @@ def _build_spelled_llm(
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if (first_dir / name).is_file():
                 shutil.copyfile(first_dir / name, tmp / name)
-        model = AutoModelForCausalLM.from_pretrained(str(tmp))
-        reloaded = AutoTokenizer.from_pretrained(str(tmp))
-        report["text_topline"] = {
-            split: text_topline(
-                model, reloaded, _per_task(split_task_texts(corpus, split), budget.topline_n), prompts
-            )
-            for split in ("dev", "test")
-        }
-        report["text_topline_summary"] = {k: _topline_summary(v) for k, v in report["text_topline"].items()}
-        report["spelled_topline"] = {
-            split: {
-                "repeat_wer": _spelled_topline(
-                    model,
-                    reloaded,
-                    _per_task(split_task_texts(corpus, split), budget.topline_n),
-                    prompts,
-                    seed,
-                )
-            }
-            for split in ("dev", "test")
-        }
+        report.update(_saved_toplines(tmp, corpus, budget, prompts, spelled_seed=seed))
         report["first_phase"] = {
             "train_time_s": first.get("train_time_s"),
             "steps": first.get("steps"),
@@ -411,9 +331,6 @@ def _build_spelled_llm(
         report["train_examples"] = {"spelled": len(spelled_items), "rehearsed": len(items) + len(extra)}
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -455,18 +372,12 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
     tok_time = time.monotonic() - t0
     plain = [lines[i] for i in rng.choice(len(lines), min(budget.plain_lines, len(lines)), replace=False)]
     train_examples: list[TextExample] = [*plain, *conversations]
-    dev_items = split_task_texts(corpus, "dev")
-    dev_examples: list[TextExample] = [
-        conversation(it, user_turn(it, "original", prompts), True)
-        for it in _per_task(dev_items, budget.max_dev)
-    ]
-    logged = _per_task(dev_items, budget.eval_n)
+    dev_examples, logged = _dev_sets(corpus, budget, prompts)
 
     def evaluate(model) -> dict:
         return _topline_summary(text_topline(model, tokenizer, logged, prompts))
 
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".llm."))
-    try:
+    with _staging(out, ".llm.") as tmp:
         report = train_tiny_llm(
             train_examples,
             dev_examples,
@@ -477,18 +388,7 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
             evaluate=evaluate,
             resume_dir=out / ".llm.resume",  # survives a killed build: the next one continues from it
         )
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        # Score the saved directory, loaded the way the pipeline loads it.
-        model = AutoModelForCausalLM.from_pretrained(str(tmp))
-        reloaded = AutoTokenizer.from_pretrained(str(tmp))
-        report["text_topline"] = {
-            split: text_topline(
-                model, reloaded, _per_task(split_task_texts(corpus, split), budget.topline_n), prompts
-            )
-            for split in ("dev", "test")
-        }
-        report["text_topline_summary"] = {k: _topline_summary(v) for k, v in report["text_topline"].items()}
+        report.update(_saved_toplines(tmp, corpus, budget, prompts, spelled_seed=None))
         report["tokenizer_vocab_size"] = len(tokenizer)
         report["tokenizer_time_s"] = round(tok_time, 1)
         report["build_wall_s"] = round(time.monotonic() - wall0, 1)  # tokenizer + training + topline
@@ -501,9 +401,6 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
         }
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
@@ -519,8 +416,7 @@ def build_encoder(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dic
     dev = read_speech(corpus, "dev", budget.max_dev, None, skipped)
     load_time = time.monotonic() - t0
     logger.info("decoded %d train / %d dev utterances in %.0fs", len(train), len(dev), load_time)
-    tmp = Path(tempfile.mkdtemp(dir=out, prefix=".encoder."))
-    try:
+    with _staging(out, ".encoder.") as tmp:
         report = train_tiny_hubert_ctc(
             train,
             dev,
@@ -533,9 +429,6 @@ def build_encoder(corpus: Path, out: Path, budget: Budget, seed: int, stamp: dic
         report["build_wall_s"] = round(time.monotonic() - t0, 1)  # decoding + training + dev CER
         report = _add_stamp(tmp, report, stamp)
         _install(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return report
 
 
