@@ -1,7 +1,7 @@
 """`python -m llava.demo.read_rate --llm DIR --corpus DIR`: can the LLM read its input at speech rate?
 
-A projector hands the LLM about 12 positions per second of speech (4 queries per 0.333 s window),
-three or more per spoken word, where text has about one token per word. A large LLM reads such a
+A projector hands the LLM many positions per second of speech (12 for 4 queries per 0.333 s window,
+16.7 for the study's 3-frame stack), several per spoken word, where text has about one token per word. A large LLM reads such a
 slowed-down input; a tiny one trained on text alone copies it literally ("the the cat cat sleeps
 sleeps"), and then no projector can make it transcribe. This probe measures it directly: the repeat
 task with every word of the gold transcript written `k` times (k = 1, 2, 3, ...) in place of the
