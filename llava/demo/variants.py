@@ -154,7 +154,7 @@ BUDGETS = {
         "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
         finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
-        fill_cache=False,
+        fill_cache=False, output_norm="rms_match", projector_type="mlp", projector={"stack": 3},
     ),
     # Sized by measurement: 3 seeds of all variants plus the 100 % run took 1,062 s wall on 2 cores
     # (stage 1 604 s, stage 2 910 s, evaluation 371 s summed over the two worker processes; each run
