@@ -161,10 +161,11 @@ BUDGETS = {
     # ~10 s of start-up), inside the 30-minute target with room for a fourth seed on a faster machine.
     # The projector: an `mlp` over 3 stacked frames (16.7 positions per second, about one per spoken
     # letter, which is what the shipped LLM's spelled phase taught it to read), outputs at the token
-    # embeddings' norm. Projector probe through the shipped LLM (dev NLL of the transcripts after 800
-    # steps, lr 3e-3): this 1.34; the window-level Q-Former with one query per 3-frame window and window
-    # positions 1.79, without positions 1.95; 6 queries per 0.333 s window 2.48. A one-seed pilot of this
-    # budget (none / asr): ASR WER 80 / 66 with the mlp, 88 (none) with the 3-frame Q-Former.
+    # embeddings' norm. Projector probe through an 800-step trial of that phase (dev NLL of the
+    # transcripts after 800 steps, lr 3e-3): this 1.34; the window-level Q-Former with one query per
+    # 3-frame window and window positions 1.79, without positions 1.95; 6 queries per 0.333 s window
+    # 2.48. A one-seed pilot at 250 / 200 steps (none / asr): ASR WER 80 / 66 with the mlp, 88 (none)
+    # with the 3-frame Q-Former; all variants, 3 seeds: 17.6 min; these steps: 21.9 min.
     "default": Budget(
         "small", "small", pretrain_steps=400, finetune_steps=300, batch_size=8, learning_rate=3e-3,
         finetune_learning_rate=3e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
