@@ -53,7 +53,7 @@ def test_nested_settings_and_their_flat_views():
     assert args.mm_qformer_num_query_token == 2 and args.lora_r == 4 and args.lora_encoder is False
     assert args.projector_config() == {
         "num_queries": 2, "num_layers": 4, "hidden_size": 768, "num_heads": 12, "intermediate_size": 3072,
-        "window_seconds": 0.333,
+        "window_seconds": 0.333, "window_positions": False,
     }  # fmt: skip
     assert ModelArguments(mm_speech_projector_type="mlp", mm_speech_stack=3).projector_config() == {
         "stack": 3
