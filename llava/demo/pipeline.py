@@ -176,10 +176,10 @@ class Study:
             **extra,
         }
 
-    def _train_args(self, steps: int, seed: int, lr: float, variant: Variant) -> list[str]:
+    def _train_args(self, stage: int, steps: int, seed: int, lr: float, variant: Variant) -> list[str]:
         b = self.budget
         args = [
-            "--max_steps", str(steps), "--per_device_train_batch_size", str(b.batch_size),
+            "--max_steps", str(steps), "--per_device_train_batch_size", str(b.stage_batch_size(stage)),
             "--gradient_accumulation_steps", "1", "--learning_rate", str(lr),
             "--logging_steps", str(max(1, steps // 10)), "--logging_first_step", "True",
             "--report_to", "none", "--disable_tqdm", "False", "--dataloader_num_workers", "0",
@@ -223,7 +223,7 @@ class Study:
             if variant.script is None:
                 self._random_projector(base, tmp, seed, variant)
                 return {"summary": "random projector"}
-            args = self._train_args(self.budget.pretrain_steps, seed, self.budget.learning_rate, variant)
+            args = self._train_args(1, self.budget.pretrain_steps, seed, self.budget.learning_rate, variant)
             args += ["--save_strategy", "no", *variant.stage1_flags]
             if variant.log_grad_norms and self._supports("log_term_grad_norms"):
                 args += ["--log_term_grad_norms", "True"]
@@ -260,7 +260,7 @@ class Study:
         def work(tmp: Path) -> dict:
             from llava.demo.curves import curve_every
 
-            args = self._train_args(steps, seed, self.budget.finetune_learning_rate, variant)
+            args = self._train_args(2, steps, seed, self.budget.finetune_learning_rate, variant)
             every = curve_every(steps, self.budget.curve_points)
             args += ["--save_strategy", "steps", "--save_steps", str(every), "--save_total_limit", "1000"]
             env_extra: dict[str, str] = {}

@@ -441,8 +441,8 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         n100 = share.get("train_samples_100")
         if n10 and n100:
             seen10, seen100 = (
-                budget.finetune_steps * budget.batch_size,
-                budget.full_data_steps * budget.batch_size,
+                budget.finetune_steps * budget.stage_batch_size(2),
+                budget.full_data_steps * budget.stage_batch_size(2),
             )
             md.append(
                 f"\nExposure: the 10 % runs see {seen10} samples ({seen10 / n10:.1f} epochs of {n10}), the 100 % "

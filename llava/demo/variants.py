@@ -85,7 +85,7 @@ class Budget:
     base_budget: str  # llava.demo.base_models.build --budget (when no shipped models exist)
     pretrain_steps: int
     finetune_steps: int
-    batch_size: int
+    batch_size: int  # stage 1 (per device; the demo runs one process per training run)
     learning_rate: float  # stage 1
     finetune_learning_rate: float  # stage 2
     eval_limit: int  # test utterances per task (generation)
@@ -94,6 +94,7 @@ class Budget:
     curve_points: int  # stage-2 checkpoints measured for the learning curve
     full_data_steps: int  # stage-2 steps of the 100 % run (0: no such run)
     max_new_tokens: int = 48
+    finetune_batch_size: int = 0  # stage 2 (and the 100 % run); 0 = batch_size
     fill_cache: bool = True  # encode the corpus into the feature cache up front, one process per core
     seeds: int = 3  # training seeds per variant unless --seeds says otherwise
     variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
@@ -110,6 +111,12 @@ class Budget:
             "num_layers": 2,
         }
     )
+
+    def stage_batch_size(self, stage: int) -> int:
+        """The per-device batch size of stage 1 or 2."""
+        if stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {stage}")
+        return (self.finetune_batch_size or self.batch_size) if stage == 2 else self.batch_size
 
     def projector_options(self) -> dict:
         """The projector settings (for in-process model building with `projector_type`)."""

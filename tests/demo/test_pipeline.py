@@ -18,7 +18,7 @@ def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_d
     base = llm.parent
     study = Study(tmp_path / "study", BUDGETS["default"], [0], [key], progress=False)
     variant = VARIANTS[key]
-    args = study._train_args(10, 3, 1e-3, variant)
+    args = study._train_args(1, 10, 3, 1e-3, variant)
     if variant.fix_weights:
         args += study._layer_weights(base)
     if variant.log_grad_norms:
@@ -39,6 +39,19 @@ def test_every_variants_flags_parse_as_training_reads_them(tmp_path, tiny_base_d
     assert config.get("output_norm", "none") == budget.output_norm  # every variant, both stages
     if study._supports("audio_feature_cache"):
         assert str(study.cache_dir) in args
+
+
+def test_each_stage_gets_its_own_batch_size(tmp_path):
+    budget = override(BUDGETS["default"], ["batch_size=12", "finetune_batch_size=8"])
+    study = Study(tmp_path / "study", budget, [0], ["asr"], progress=False)
+    for stage, expected in ((1, 12), (2, 8)):
+        args = study._train_args(stage, 10, 0, 1e-3, VARIANTS["asr"])
+        assert args[args.index("--per_device_train_batch_size") + 1] == str(expected)
+    same = Study(tmp_path / "s2", override(budget, ["finetune_batch_size=0"]), [0], ["asr"], progress=False)
+    args = same._train_args(2, 10, 0, 1e-3, VARIANTS["asr"])
+    assert args[args.index("--per_device_train_batch_size") + 1] == "12"  # 0: stage 2 uses stage 1's
+    with pytest.raises(ValueError, match="stage must be 1 or 2"):
+        budget.stage_batch_size(3)
 
 
 def test_altered_shipped_base_models_are_refused(tmp_path, monkeypatch):
