@@ -161,22 +161,23 @@ BUDGETS = {
         "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
         finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
-        fill_cache=False, output_norm="rms_match", projector_type="mlp", projector={"stack": 3},
+        fill_cache=False, output_norm="rms_match", projector_type="mlp", projector={"stack": 2},
     ),
-    # Sized by measurement: 3 seeds of all variants plus the 100 % run took 1,062 s wall on 2 cores
-    # (stage 1 604 s, stage 2 910 s, evaluation 371 s summed over the two worker processes; each run
-    # ~10 s of start-up), inside the 30-minute target with room for a fourth seed on a faster machine.
-    # The projector: an `mlp` over 3 stacked frames (16.7 positions per second, about one per spoken
-    # letter, which is what the shipped LLM's spelled phase taught it to read), outputs at the token
-    # embeddings' norm. Projector probe through an 800-step trial of that phase (dev NLL of the
-    # transcripts after 800 steps, lr 3e-3): this 1.34; the window-level Q-Former with one query per
-    # 3-frame window and window positions 1.79, without positions 1.95; 6 queries per 0.333 s window
-    # 2.48. A one-seed pilot at 250 / 200 steps (none / asr): ASR WER 80 / 66 with the mlp, 88 (none)
-    # with the 3-frame Q-Former; all variants, 3 seeds: 17.6 min; these steps: 21.9 min.
+    # Sized by measurement: 3 seeds of all variants plus the 100 % run took 1,316 s wall on 2 cores at
+    # batch 8, 400 / 300 steps, 3 stacked frames (stage 1 801 s, stage 2 1,114 s, evaluation 386 s
+    # summed over the two worker processes; each run ~10 s of start-up).
+    # The projector: an `mlp` over 2 stacked frames (25 positions per second, about two per spoken
+    # letter; the shipped LLM's spelled phase taught it to read letters, some of them doubled),
+    # outputs at the token embeddings' norm. Projector probe (ASR dev NLL, lr 3e-3, batch 8): 3 frames
+    # 1.41 / 0.98 after 400 / 1,200 steps, 2 frames 1.30 / 0.89; batch 16: 0.91 after 400, batch 32
+    # (lr 6e-3) 0.68; lr 6e-3 at batch 8: 1.14 after 400. A projector learns from samples seen, so
+    # both stages use batch 16. One-seed pilots of the asr variant (ASR WER after stage 2): batch 8
+    # at 400 / 300 steps with 3 frames 51.4, with 2 frames and lr 6e-3 40.5; batch 16 with 2 frames
+    # 32.7; batch 16 at 300 / 200 steps 45.9 and 30.8 (seeds 0, 1).
     "default": Budget(
-        "small", "small", pretrain_steps=400, finetune_steps=300, batch_size=8, learning_rate=3e-3,
+        "small", "small", pretrain_steps=400, finetune_steps=200, batch_size=16, learning_rate=3e-3,
         finetune_learning_rate=3e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
-        full_data_steps=1000, seeds=3, output_norm="rms_match", projector_type="mlp",
-        projector={"stack": 3},
+        full_data_steps=500, seeds=3, output_norm="rms_match", projector_type="mlp",
+        projector={"stack": 2},
     ),
 }  # fmt: skip
