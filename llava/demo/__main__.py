@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--variants",
         default=None,
-        help=f"comma-separated subset of {list(VARIANTS)} (default: all; smoke: {','.join(BUDGETS['smoke'].variants)})",
+        help=f"comma-separated subset of {list(VARIANTS)} (default: {','.join(BUDGETS['default'].variants)}; smoke: {','.join(BUDGETS['smoke'].variants)})",
     )
     p.add_argument("--no-full-data", action="store_true", help="skip the 100 %% run of the best variant")
     p.add_argument("--base-models", default=None, help="use DIR/encoder and DIR/llm as the base models")

@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llava.demo.corpus.spelled import write_spelled_asr
 from llava.demo.parallel import run_parallel
 from llava.demo.phases import (
     DiskScan,
@@ -229,7 +230,12 @@ class Study:
                 args += ["--log_term_grad_norms", "True"]
             if variant.fix_weights:
                 args += self._layer_weights(base)
-            env = self._env(base, corpus / "configs" / variant.data, tmp)
+            data = (
+                write_spelled_asr(corpus)
+                if variant.spelled_transcripts
+                else corpus / "configs" / variant.data
+            )
+            env = self._env(base, data, tmp)
             script = REPO / "scripts" / "pretrain" / f"{variant.script}.sh"
             info = self._train(name, script, args, env, tmp, self.budget.pretrain_steps)
             return {**info, "script": script.name, "args": args}

@@ -31,6 +31,9 @@ class Variant:
     fix_weights: bool = False  # down-weight the contrastive terms above layer 0 (FIX_WEIGHT)
     finetune: bool = True  # run stage 2 and the evaluations (else stage 1 and alignment only)
     log_grad_norms: bool = False  # stage 1 logs each loss term's gradient norm at the projector
+    # Stage 1 reads the transcripts spelled letter by letter (llava.demo.corpus.spelled), the form the
+    # shipped LLM reads speech in; `data` is then that derived config.
+    spelled_transcripts: bool = False
 
     def projector_options(self) -> dict:
         """`projector_flags` as projector settings (for building a model in-process)."""
@@ -52,6 +55,14 @@ VARIANTS: dict[str, Variant] = {
     ),
     "contr-cos-all+asr": Variant("contr-cos-all+asr", "pretrain-contr-cos-all+asr"),
     "mixed-nwp": Variant("mixed-nwp", "pretrain-mixed-nwp", data="pretrain_mixed.yml"),
+    # Exploratory, not in the default run (`--variants contr-cos-emb-spelled`): contr-cos-emb with the
+    # contrastive text side in the form the tiny LLM reads speech in.
+    "contr-cos-emb-spelled": Variant(
+        "contr-cos-emb (spelled text)",
+        "pretrain-contr-cos-emb",
+        data="pretrain_asr_spelled.yml",
+        spelled_transcripts=True,
+    ),
     "pos-shift": Variant(
         "contr-cos-all (fixed) + pos-shift",
         "pretrain-contr-cos-all-pos-shift",
@@ -156,6 +167,12 @@ PROJECTOR_FLAGS: dict[str, dict[str, str]] = {
 }
 
 
+# The default run: every variant but the exploratory contr-cos-emb-spelled.
+DEFAULT_VARIANTS = (
+    "none", "asr", "contr-cos-emb", "contr-cos-all", "contr-cos-all-fixed", "contr-cos-all+asr", "mixed-nwp",
+    "pos-shift",
+)  # fmt: skip
+
 BUDGETS = {
     "smoke": Budget(
         "tiny", "smoke", pretrain_steps=4, finetune_steps=4, batch_size=4, learning_rate=1e-3,
@@ -178,6 +195,6 @@ BUDGETS = {
         "small", "small", pretrain_steps=400, finetune_steps=200, batch_size=16, learning_rate=3e-3,
         finetune_learning_rate=3e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
         full_data_steps=500, seeds=3, output_norm="rms_match", projector_type="mlp",
-        projector={"stack": 2},
+        projector={"stack": 2}, variants=DEFAULT_VARIANTS,
     ),
 }  # fmt: skip
