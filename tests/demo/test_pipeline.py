@@ -107,3 +107,9 @@ def test_budget_projector_type_and_settings_become_training_flags_that_parse():
         override(q, ["projector_type=mlp"]).projector_flags()  # Q-Former settings left
     with pytest.raises(ValueError, match="JSON object"):
         override(BUDGETS["default"], ["projector=[3]"])
+
+
+def test_default_run_has_every_variant_but_the_exploratory_one():
+    # A new variant must be placed in the default run or named here as exploratory.
+    assert set(BUDGETS["default"].variants) == set(VARIANTS) - {"contr-cos-emb-spelled"}
+    assert VARIANTS["contr-cos-emb-spelled"].spelled_transcripts
