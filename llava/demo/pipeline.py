@@ -230,12 +230,9 @@ class Study:
                 args += ["--log_term_grad_norms", "True"]
             if variant.fix_weights:
                 args += self._layer_weights(base)
-            data = (
-                write_spelled_asr(corpus)
-                if variant.spelled_transcripts
-                else corpus / "configs" / variant.data
-            )
-            env = self._env(base, data, tmp)
+            if variant.spelled_transcripts:
+                write_spelled_asr(corpus)  # derived from the corpus on first use
+            env = self._env(base, corpus / "configs" / variant.data, tmp)
             script = REPO / "scripts" / "pretrain" / f"{variant.script}.sh"
             info = self._train(name, script, args, env, tmp, self.budget.pretrain_steps)
             return {**info, "script": script.name, "args": args}

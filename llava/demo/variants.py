@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from llava.demo.corpus.spelled import CONFIG_NAME as SPELLED_CONFIG
+
 # ------------------------------------------------------------------------------------- variants
 # The remedy for contr-cos-all's gradient imbalance (`python -m llava.demo.diagnose gradients`, shipped
 # base models): at step 0 the deeper layers' InfoNCE terms carry 92-94 % of the gradient at the
@@ -31,9 +33,10 @@ class Variant:
     fix_weights: bool = False  # down-weight the contrastive terms above layer 0 (FIX_WEIGHT)
     finetune: bool = True  # run stage 2 and the evaluations (else stage 1 and alignment only)
     log_grad_norms: bool = False  # stage 1 logs each loss term's gradient norm at the projector
-    # Stage 1 reads the transcripts spelled letter by letter (llava.demo.corpus.spelled), the form the
-    # shipped LLM reads speech in; `data` is then that derived config.
+    # Stage 1 reads the transcripts spelled letter by letter (llava.demo.corpus.spelled, written on
+    # first use as `data`), the form the shipped LLM reads speech in.
     spelled_transcripts: bool = False
+    exploratory: bool = False  # left out of the default run (`--variants` adds it)
 
     def projector_options(self) -> dict:
         """`projector_flags` as projector settings (for building a model in-process)."""
@@ -55,13 +58,13 @@ VARIANTS: dict[str, Variant] = {
     ),
     "contr-cos-all+asr": Variant("contr-cos-all+asr", "pretrain-contr-cos-all+asr"),
     "mixed-nwp": Variant("mixed-nwp", "pretrain-mixed-nwp", data="pretrain_mixed.yml"),
-    # Exploratory, not in the default run (`--variants contr-cos-emb-spelled`): contr-cos-emb with the
-    # contrastive text side in the form the tiny LLM reads speech in.
+    # contr-cos-emb with the contrastive text side in the form the tiny LLM reads speech in.
     "contr-cos-emb-spelled": Variant(
         "contr-cos-emb (spelled text)",
         "pretrain-contr-cos-emb",
-        data="pretrain_asr_spelled.yml",
+        data=SPELLED_CONFIG,
         spelled_transcripts=True,
+        exploratory=True,
     ),
     "pos-shift": Variant(
         "contr-cos-all (fixed) + pos-shift",
@@ -167,11 +170,8 @@ PROJECTOR_FLAGS: dict[str, dict[str, str]] = {
 }
 
 
-# The default run: every variant but the exploratory contr-cos-emb-spelled.
-DEFAULT_VARIANTS = (
-    "none", "asr", "contr-cos-emb", "contr-cos-all", "contr-cos-all-fixed", "contr-cos-all+asr", "mixed-nwp",
-    "pos-shift",
-)  # fmt: skip
+# The default run: every variant but the exploratory ones.
+DEFAULT_VARIANTS = tuple(key for key, v in VARIANTS.items() if not v.exploratory)
 
 BUDGETS = {
     "smoke": Budget(
