@@ -31,6 +31,14 @@ class Budget:
     spell_args: dict = field(default_factory=dict)
     spell_copies: int = 2
     spell_repeat: float = 0.3  # chance of doubling each spelled letter (chats.spelled)
+    # A third LLM phase (0 steps: none) continuing the previous one with the SQA passages spelled too,
+    # `passage_copies` times each, beside the spelled ASR/ST items and the rehearsal of the spelled
+    # phase; `passage_args` override its LlmTrainArgs. A passage read at the projector's rate (~25
+    # positions per second of speech, ~270 positions) is longer than the first phases' blocks, so this
+    # phase wants a longer `block_size`.
+    passage_steps: int = 0
+    passage_args: dict = field(default_factory=dict)
+    passage_copies: int = 4
     encoder_max_train: int | None = None  # training utterances used (None: all)
     max_dev: int = 200  # dev utterances scored for CER
     topline_n: int | None = None  # items per task in the text topline (None: the whole split)
@@ -63,7 +71,9 @@ BUDGETS: dict[str, Budget] = {
         encoder_max_train=40,
         max_dev=8,
         topline_n=4,
-        spell_steps=2,  # the two-phase LLM recipe, as `ship` runs it
+        spell_steps=2,  # the three-phase LLM recipe, as `ship` runs it
+        passage_steps=2,
+        passage_args=dict(block_size=96),
     ),
     # Built inside a study run: a few minutes, not competent (the shipped models are).
     "small": Budget(
