@@ -116,7 +116,7 @@ class Budget:
     output_norm: str = "none"
     projector_type: str = "qformer"  # --mm_speech_projector_type (qformer | mlp | linear)
     # Settings of that projector: Q-Former fields (hidden_size, num_heads, intermediate_size, num_layers,
-    # num_queries, window_seconds, window_positions) or, for mlp / linear, {"stack": k}.
+    # num_queries, window_seconds, window_positions) or, for mlp / linear, {"stack": k[, "context": c]}.
     projector: dict = field(
         default_factory=lambda: {
             "hidden_size": 128,
@@ -154,7 +154,7 @@ class Budget:
         return flags
 
 
-_STACK_FLAGS = {"stack": "--mm_speech_stack"}
+_STACK_FLAGS = {"stack": "--mm_speech_stack", "context": "--mm_speech_context"}
 PROJECTOR_FLAGS: dict[str, dict[str, str]] = {
     "qformer": {
         "hidden_size": "--mm_qformer_hidden_size",

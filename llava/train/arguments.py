@@ -97,6 +97,8 @@ class ModelArguments:
     qformer: QFormerArgs = field(default_factory=QFormerArgs, metadata={"flag_prefix": "mm_qformer_"})
     # mlp / linear projectors: encoder frames stacked per output position.
     mm_speech_stack: int = 5
+    # mlp / linear projectors: stacked positions each output position also sees on either side.
+    mm_speech_context: int = 0
     # Projector output scale (beyond the paper, which uses none): rms_match rescales every output to
     # the LLM's mean input-embedding norm; layernorm adds a LayerNorm whose gain starts there.
     projector_output_norm: str = "none"
@@ -145,7 +147,8 @@ class ModelArguments:
         """Settings of the chosen projector (`llava.model.projectors.projector_settings`)."""
         if self.mm_speech_projector_type == "qformer":
             return {**dataclasses.asdict(self.qformer), **self._output_norm_config()}
-        return {"stack": self.mm_speech_stack, **self._output_norm_config()}
+        context = {"context": self.mm_speech_context} if self.mm_speech_context else {}
+        return {"stack": self.mm_speech_stack, **context, **self._output_norm_config()}
 
     def _output_norm_config(self) -> dict:
         if self.projector_output_norm == "none":  # the paper's projector: its config stays as it was

@@ -100,6 +100,8 @@ def test_budget_projector_type_and_settings_become_training_flags_that_parse():
     ]
     model_args = parse_args(base + flags)[0]
     assert model_args.projector_config()["stack"] == 3
+    c = override(BUDGETS["default"], ['projector={"stack": 2, "context": 1}'])
+    assert parse_args(base + c.projector_flags())[0].projector_config()["context"] == 1
     q = override(BUDGETS["default"], ["projector_type=qformer", 'projector={"hidden_size": 32, "num_queries": 1, "window_seconds": 0.06, "window_positions": true}'])  # fmt: skip
     cfg = parse_args(base + q.projector_flags())[0].projector_config()
     assert (cfg["hidden_size"], cfg["num_queries"], cfg["window_seconds"], cfg["window_positions"]) == (32, 1, 0.06, True)  # fmt: skip

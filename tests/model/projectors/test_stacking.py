@@ -14,11 +14,12 @@ def _projector(name: str, **options) -> StackingProjector:
     return build_projector(name, {"stack": 3, **options}, encoder_dim=4, llm_dim=6, frame_rate=50.0).eval()
 
 
-def _reference(proj: StackingProjector, feats: torch.Tensor, length: int) -> torch.Tensor:
-    """Position j: frames 3j..3j+2 concatenated (frames past `length` as zeros) through the net."""
+def _reference(proj: StackingProjector, feats: torch.Tensor, length: int, context: int = 0) -> torch.Tensor:
+    """Position j: frames 3(j - c) .. 3(j + c) + 2 concatenated (frames outside 0..length-1 as zeros)."""
     rows = []
     for j in range(-(-length // 3)):
-        frames = [feats[t] if t < length else torch.zeros(4) for t in range(3 * j, 3 * j + 3)]
+        span = range(3 * (j - context), 3 * (j + context) + 3)
+        frames = [feats[t] if 0 <= t < length else torch.zeros(4) for t in span]
         rows.append(proj.net(torch.cat(frames)))
     return torch.stack(rows)
 
@@ -41,6 +42,23 @@ def test_stacked_outputs_equal_a_direct_computation(name, cls):
             torch.testing.assert_close(out[b, :k], _reference(proj, feats[b], n))
 
 
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+@pytest.mark.parametrize("context", [1, 2])
+def test_context_adds_the_neighbouring_positions_frames(name, context):
+    proj = _projector(name, context=context)
+    first = proj.net if name == "linear" else proj.net[0]
+    assert first.in_features == 3 * (2 * context + 1) * 4
+    feats = torch.randn(2, 14, 4)
+    lengths = torch.tensor([14, 7])
+    mask = torch.arange(14)[None] < lengths[:, None]
+    feats[1, 7:] = 100.0  # padding must not reach a live position, not even as a neighbour
+    with torch.no_grad():
+        out, out_mask = proj(feats, mask)
+        assert out_mask.sum(1).tolist() == [5, 3]  # the rate does not change
+        for b, n in enumerate(lengths.tolist()):
+            torch.testing.assert_close(out[b, : -(-n // 3)], _reference(proj, feats[b], n, context))
+
+
 def test_mlp_hidden_width_defaults_to_the_llm_width():
     assert _projector("mlp").net[0].out_features == 6
     assert _projector("mlp", hidden_size=10).net[0].out_features == 10
@@ -52,3 +70,5 @@ def test_stack_must_be_positive(name, recwarn):
     with pytest.raises(ValueError, match="stack must be >= 1, got 0"):
         _projector(name, stack=0)
     assert not recwarn.list  # refused before any layer is sized by it
+    with pytest.raises(ValueError, match="context must be >= 0, got -1"):
+        _projector(name, context=-1)
