@@ -154,7 +154,11 @@ class Budget:
         return flags
 
 
-_STACK_FLAGS = {"stack": "--mm_speech_stack", "context": "--mm_speech_context"}
+_STACK_FLAGS = {
+    "stack": "--mm_speech_stack",
+    "context": "--mm_speech_context",
+    "dropout": "--mm_speech_dropout",
+}
 PROJECTOR_FLAGS: dict[str, dict[str, str]] = {
     "qformer": {
         "hidden_size": "--mm_qformer_hidden_size",

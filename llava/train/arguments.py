@@ -99,6 +99,8 @@ class ModelArguments:
     mm_speech_stack: int = 5
     # mlp / linear projectors: stacked positions each output position also sees on either side.
     mm_speech_context: int = 0
+    # mlp / linear projectors: dropout on the stacked input features (training only).
+    mm_speech_dropout: float = 0.0
     # Projector output scale (beyond the paper, which uses none): rms_match rescales every output to
     # the LLM's mean input-embedding norm; layernorm adds a LayerNorm whose gain starts there.
     projector_output_norm: str = "none"
@@ -147,8 +149,10 @@ class ModelArguments:
         """Settings of the chosen projector (`llava.model.projectors.projector_settings`)."""
         if self.mm_speech_projector_type == "qformer":
             return {**dataclasses.asdict(self.qformer), **self._output_norm_config()}
-        context = {"context": self.mm_speech_context} if self.mm_speech_context else {}
-        return {"stack": self.mm_speech_stack, **context, **self._output_norm_config()}
+        extra = {"context": self.mm_speech_context} if self.mm_speech_context else {}
+        if self.mm_speech_dropout:
+            extra["dropout"] = self.mm_speech_dropout
+        return {"stack": self.mm_speech_stack, **extra, **self._output_norm_config()}
 
     def _output_norm_config(self) -> dict:
         if self.projector_output_norm == "none":  # the paper's projector: its config stays as it was

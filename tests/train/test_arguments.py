@@ -60,5 +60,7 @@ def test_nested_settings_and_their_flat_views():
     }
     with_context = ModelArguments(mm_speech_projector_type="mlp", mm_speech_stack=2, mm_speech_context=1)
     assert with_context.projector_config() == {"stack": 2, "context": 1}
+    with_dropout = ModelArguments(mm_speech_projector_type="linear", mm_speech_dropout=0.1)
+    assert with_dropout.projector_config() == {"stack": 5, "dropout": 0.1}
     enc = EncoderLoraArgs(enable=True, r=2, target_modules="k_proj").resolved(args.lora)
     assert (enc.enable, enc.r, enc.alpha, enc.bias, enc.target_modules) == (True, 2, 16, "all", "k_proj")

@@ -72,3 +72,23 @@ def test_stack_must_be_positive(name, recwarn):
     assert not recwarn.list  # refused before any layer is sized by it
     with pytest.raises(ValueError, match="context must be >= 0, got -1"):
         _projector(name, context=-1)
+
+
+@pytest.mark.parametrize("name", ["linear", "mlp"])
+def test_dropout_acts_in_training_only_and_adds_no_weights(name):
+    plain, dropped = _projector(name), _projector(name, dropout=0.5)
+    assert plain.state_dict().keys() == dropped.state_dict().keys()  # checkpoints load either way
+    feats, mask = torch.randn(1, 12, 4), torch.ones(1, 12, dtype=torch.bool)
+    with torch.no_grad():
+        torch.testing.assert_close(dropped(feats, mask)[0], plain(feats, mask)[0])  # eval: no dropout
+        dropped.train()
+        torch.manual_seed(1)
+        out = dropped(feats, mask)[0]
+    # Training: the input features of each position are zeroed at random (kept ones scaled by 2).
+    torch.manual_seed(1)
+    keep = torch.nn.functional.dropout(torch.ones(1, 4, 12), 0.5, training=True)
+    stacked = feats.reshape(1, 4, 12) * keep
+    with torch.no_grad():
+        torch.testing.assert_close(out, dropped.output_norm(dropped.net(stacked)))
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\), got 1.0"):
+        _projector(name, dropout=1.0)
