@@ -102,7 +102,7 @@ def topline_summary(topline: dict) -> dict:
     }
 
 
-def _spelled_topline(model, tokenizer, items: Sequence[TaskText], prompts: PromptBank, seed: int) -> dict:
+def spelled_topline(model, tokenizer, items: Sequence[TaskText], prompts: PromptBank, seed: int) -> dict:
     """`topline_summary` with every input (transcript or passage) spelled (chats.spelled, fixed draws)."""
     rng = np.random.default_rng([seed, 7])
     return topline_summary(text_topline(model, tokenizer, [spelled(it, rng) for it in items], prompts))
@@ -132,7 +132,7 @@ def _saved_toplines(
     out["text_topline_summary"] = {k: topline_summary(v) for k, v in out["text_topline"].items()}
     if spelled_seed is not None:
         out["spelled_topline"] = {
-            k: _spelled_topline(model, tokenizer, v, prompts, spelled_seed) for k, v in items.items()
+            k: spelled_topline(model, tokenizer, v, prompts, spelled_seed) for k, v in items.items()
         }
     return out
 
@@ -265,7 +265,7 @@ def _build_spelled_llm(
 
     def evaluate(model) -> dict:
         summary = topline_summary(text_topline(model, tokenizer, logged, prompts))
-        spelled_summary = _spelled_topline(model, tokenizer, logged, prompts, seed)
+        spelled_summary = spelled_topline(model, tokenizer, logged, prompts, seed)
         return {**summary, **{f"spelled_{k}": v for k, v in spelled_summary.items()}}
 
     with staging(out, ".llm.") as tmp:

@@ -95,3 +95,17 @@ def test_time_budgets_are_not_reproducible(tmp_path):
         ship.rebuild(tmp_path, budget="small")
     with pytest.raises(ValueError, match="unknown budget 'huge'"):
         ship.rebuild(tmp_path, budget="huge")
+
+
+@needs_espeak
+def test_topline_command_reproduces_the_builds_own_figures(smoke, capsys):
+    from llava.demo.base_models import topline
+
+    root = smoke[0] / "a"
+    argv = ["--llm", str(root / "build" / "llm"), "--corpus", str(root / "corpus"), "--limit", "4"]
+    assert topline.main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    recorded = json.loads((root / "build" / "report.json").read_text())["summary"]
+    for split in ("dev", "test"):
+        assert result[split]["spelled"] == recorded["spelled_topline"][split]
+    assert result["test"]["words"] == recorded["text_topline_test"]
