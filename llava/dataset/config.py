@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import math
 import os
 import re
 from collections.abc import Mapping
@@ -54,6 +53,14 @@ from typing import Any
 import yaml
 
 from llava.dataset.amount import FULL, AmountSlice, parse_amount
+from llava.dataset.config_values import (
+    ConfigError,
+    Ctx,
+    check_size,
+    expand_env,
+    number,
+    resolve_path,
+)
 from llava.dataset.formats import DATASET_TYPES, FIELDS, GENERIC_TYPE, TASKS, DatasetType
 from llava.dataset.tasks import TASKS as TASK_REGISTRY
 
@@ -82,16 +89,6 @@ DEFAULT_PROMPTS_PATH = Path(__file__).with_name("prompts.json")
 # The instruction file the original configs name; it was never published (see the module docstring).
 ORIGINAL_PROMPTS_PATH = "llava/dataset/INPUTS_TEXT_LIST.json"
 DESTINATIONS = ("train", "eval", "test")
-
-# Upper bound on the values of a config after YAML aliases are followed: a few aliases nested a few
-# levels deep ("billion laughs") would otherwise make environment expansion take minutes.
-MAX_CONFIG_VALUES = 100_000
-
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-
-
-class ConfigError(ValueError):
-    """A malformed data config; the message names the file and the field."""
 
 
 # Keys the original configs may carry that have no effect here.
@@ -207,92 +204,12 @@ class DataConfig:
 
 
 # ----------------------------------------------------------------------------- parsing
-class _Ctx:
-    """Builds `file: field` prefixes for error messages."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def error(self, where: str, msg: str) -> ConfigError:
-        return ConfigError(f"{self.path.name}: {where}: {msg}" if where else f"{self.path.name}: {msg}")
-
-
-def _count_values(value: Any, memo: dict[int, int]) -> int:
-    """Values in a parsed YAML document with every alias followed, computed once per shared object."""
-    key = id(value)
-    if key in memo:
-        return memo[key]
-    if isinstance(value, list):
-        n = 1 + sum(_count_values(v, memo) for v in value)
-    elif isinstance(value, dict):
-        n = 1 + sum(_count_values(v, memo) for v in value.values())
-    else:
-        n = 1
-    memo[key] = n
-    return n
-
-
-def _check_size(raw: Any, ctx: _Ctx) -> None:
-    try:
-        n = _count_values(raw, {})
-    except RecursionError:
-        raise ctx.error("", "the config is nested too deeply") from None
-    if n > MAX_CONFIG_VALUES:
-        raise ctx.error(
-            "",
-            f"the config expands to {n} values (more than {MAX_CONFIG_VALUES}); "
-            "YAML aliases (*name) nested inside each other multiply it",
-        )
-
-
-def _expand_env(value: Any, ctx: _Ctx, where: str) -> Any:
-    """Expand `${VAR}` / `${VAR:-default}` in every string; an unset variable without default is an error."""
-    if isinstance(value, str):
-
-        def sub(m: re.Match) -> str:
-            name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
-            if default is not None:
-                return default
-            raise ctx.error(where, f"environment variable {name} is not set (in {value!r})")
-
-        return _ENV.sub(sub, value)
-    if isinstance(value, list):
-        return [_expand_env(v, ctx, f"{where}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        return {k: _expand_env(v, ctx, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
-    return value
-
-
-def _resolve(path_text: str, base: Path) -> Path:
-    p = Path(path_text).expanduser()
-    if p.is_absolute():
-        return p
-    for candidate in (base / p, Path.cwd() / p):
-        if candidate.exists():
-            return candidate
-    return base / p
-
-
-def _number(value: Any, ctx: _Ctx, where: str, *, allow_none: bool = True, positive: bool = False) -> Any:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ctx.error(where, f"expected a number, got {value!r}")
-    if value < 0 or (positive and value == 0):
-        raise ctx.error(
-            where, f"expected a {'positive' if positive else 'non-negative'} number, got {value!r}"
-        )
-    return float(value)
-
-
 def _split_language(lang: str) -> tuple[str, str | None]:
     src, _, tgt = lang.partition("-")
     return src, (tgt or None)
 
 
-def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionConfig:
+def _parse_partition(name: Any, spec: Any, ctx: Ctx, where: str) -> PartitionConfig:
     if not isinstance(spec, dict):
         raise ctx.error(where, f"expected a mapping with keys {list(_PARTITION_KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(_PARTITION_KEYS))
@@ -302,8 +219,8 @@ def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionCo
         amount = parse_amount(spec.get("amount", ":100%"))
     except ValueError as exc:
         raise ctx.error(f"{where}.amount", str(exc)) from None
-    lo = _number(spec.get("min_duration"), ctx, f"{where}.min_duration")
-    hi = _number(spec.get("max_duration"), ctx, f"{where}.max_duration")
+    lo = number(spec.get("min_duration"), ctx, f"{where}.min_duration")
+    hi = number(spec.get("max_duration"), ctx, f"{where}.max_duration")
     if lo is not None and hi is not None and lo > hi:
         raise ctx.error(f"{where}.min_duration", f"min_duration {lo:g} is larger than max_duration {hi:g}")
     if "destination" not in spec:
@@ -311,7 +228,7 @@ def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionCo
     dest = spec["destination"]
     if dest not in DESTINATIONS:
         raise ctx.error(f"{where}.destination", f"expected one of {list(DESTINATIONS)}, got {dest!r}")
-    weight = _number(spec.get("weight", 1.0), ctx, f"{where}.weight", allow_none=False, positive=True)
+    weight = number(spec.get("weight", 1.0), ctx, f"{where}.weight", allow_none=False, positive=True)
     set_name = spec.get("name")
     if set_name is not None and not (isinstance(set_name, str) and _SET_NAME.fullmatch(set_name)):
         raise ctx.error(
@@ -321,7 +238,7 @@ def _parse_partition(name: Any, spec: Any, ctx: _Ctx, where: str) -> PartitionCo
     return PartitionConfig(str(name), amount, lo, hi, dest, weight, set_name)
 
 
-def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:
+def _parse_entry(item: Any, index: int, ctx: Ctx, base: Path) -> DatasetEntry:
     where = f"DATA[{index}]"
     if not isinstance(item, dict) or len(item) != 1:
         raise ctx.error(
@@ -340,7 +257,7 @@ def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:
 
     if not isinstance(body.get("datapath"), str) or not body["datapath"].strip():
         raise ctx.error(f"{where}.datapath", f"expected a folder path, got {body.get('datapath')!r}")
-    datapath = _resolve(body["datapath"], base)
+    datapath = resolve_path(body["datapath"], base)
 
     task = body.get("task")
     if task not in dtype.tasks:
@@ -407,7 +324,7 @@ def _parse_entry(item: Any, index: int, ctx: _Ctx, base: Path) -> DatasetEntry:
     )
 
 
-def _find_files(entry: DatasetEntry, lang: str, part: PartitionConfig, ctx: _Ctx, where: str) -> list[Path]:
+def _find_files(entry: DatasetEntry, lang: str, part: PartitionConfig, ctx: Ctx, where: str) -> list[Path]:
     src, tgt = _split_language(lang)
     tried: list[str] = []
     for template in entry.file_templates:
@@ -427,7 +344,7 @@ def _find_files(entry: DatasetEntry, lang: str, part: PartitionConfig, ctx: _Ctx
 def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> DataConfig:
     """Parse and validate a YAML data config; resolve (and, by default, check) every parquet file."""
     path = Path(path)
-    ctx = _Ctx(path)
+    ctx = Ctx(path)
     if not path.is_file():
         raise ConfigError(f"{path}: data config not found")
     try:
@@ -439,8 +356,8 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
     unknown = sorted(set(raw) - set(_TOP_KEYS))
     if unknown:
         raise ctx.error(unknown[0], f"unknown key; known keys: {list(_TOP_KEYS)}")
-    _check_size(raw, ctx)
-    raw = _expand_env(raw, ctx, "")
+    check_size(raw, ctx)
+    raw = expand_env(raw, ctx, "")
     base = path.resolve().parent
 
     prompts_path = DEFAULT_PROMPTS_PATH
@@ -449,7 +366,7 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
             raise ctx.error(
                 "INPUTS_TEXT_LIST", f"expected a path to a JSON file, got {raw['INPUTS_TEXT_LIST']!r}"
             )
-        prompts_path = _resolve(raw["INPUTS_TEXT_LIST"], base)
+        prompts_path = resolve_path(raw["INPUTS_TEXT_LIST"], base)
         if not prompts_path.is_file():
             if Path(raw["INPUTS_TEXT_LIST"]).as_posix().lstrip("./") != ORIGINAL_PROMPTS_PATH:
                 raise ctx.error("INPUTS_TEXT_LIST", f"prompt file not found: {prompts_path}")
@@ -469,7 +386,7 @@ def load_data_config(path: str | os.PathLike, *, check_files: bool = True) -> Da
                 "PROMPT_FORMAT", f"unknown prompt format {prompt_format!r}; known: {list(PROMPT_FORMATS)}"
             )
     outputs = raw.get("OUTPUTS_TEXT_LIST")
-    outputs_path = _resolve(outputs, base) if isinstance(outputs, str) else None
+    outputs_path = resolve_path(outputs, base) if isinstance(outputs, str) else None
 
     data = raw.get("DATA")
     if not isinstance(data, list) or not data:
