@@ -236,6 +236,7 @@ def _build_spelled_llm(
         raise ValueError(f"unknown LLM phase {kind!r}; known: ['passages', 'spelled']")
     wall0 = time.monotonic()
     out = final.parent
+    # Each phase draws from its own stream: adding a later phase leaves the earlier ones' bytes as they are.
     rng = np.random.default_rng([seed, stream])
     prompts = PromptBank.load()
     items = read_task_texts(corpus / "text" / "lm_tasks.jsonl")
