@@ -38,8 +38,6 @@ from llava.demo.base_models.budgets import BUDGETS, Budget
 from llava.demo.base_models.encoder import EncoderTrainArgs, train_tiny_hubert_ctc
 from llava.demo.base_models.llm_recipe import build_llm, llm_phases
 from llava.demo.base_models.parts import (
-    PART_FIELDS,
-    REPORT_NAME,
     CorpusError,
     add_stamp,
     finished,
@@ -47,9 +45,6 @@ from llava.demo.base_models.parts import (
     staging,
     write_json,
 )
-
-__all__ = ["BUDGETS", "PART_FIELDS", "REPORT_NAME", "Budget", "CorpusError", "build_all", "build_encoder"]
-
 
 logger = logging.getLogger("llava.demo.base_models.build")
 

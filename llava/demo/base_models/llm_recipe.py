@@ -118,16 +118,23 @@ def _dev_sets(corpus: Path, budget: Budget, prompts: PromptBank) -> tuple[list[T
     return dev_examples, per_task(dev_items, budget.eval_n)
 
 
-def _saved_toplines(
-    model_dir: Path, corpus: Path, budget: Budget, prompts: PromptBank, spelled_seed: int | None
+def saved_toplines(
+    model_dir: str | Path,
+    corpus: str | Path,
+    per_split: int | None,
+    spelled_seed: int | None,
+    splits: Sequence[str] = ("dev", "test"),
+    prompts: PromptBank | None = None,
 ) -> dict:
-    """Toplines of the saved model directory, loaded the way the pipeline loads it: the text topline per
-    split (and its summary) and, with `spelled_seed`, the spelled-input topline summary per split."""
+    """Toplines of a saved LLM directory, loaded the way the pipeline loads it: the text topline per
+    split (`per_split` items per task, None: all) and its summary and, with `spelled_seed`, the
+    spelled-input topline summary per split."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(str(model_dir))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-    items = {split: per_task(split_task_texts(corpus, split), budget.topline_n) for split in ("dev", "test")}
+    prompts = prompts or PromptBank.load()
+    items = {split: per_task(split_task_texts(Path(corpus), split), per_split) for split in splits}
     out: dict = {"text_topline": {k: text_topline(model, tokenizer, v, prompts) for k, v in items.items()}}
     out["text_topline_summary"] = {k: topline_summary(v) for k, v in out["text_topline"].items()}
     if spelled_seed is not None:
@@ -189,7 +196,7 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
             evaluate=evaluate,
             resume_dir=out / ".llm.resume",  # survives a killed build: the next one continues from it
         )
-        report.update(_saved_toplines(tmp, corpus, budget, prompts, spelled_seed=None))
+        report.update(saved_toplines(tmp, corpus, budget.topline_n, None, prompts=prompts))
         report["tokenizer_vocab_size"] = len(tokenizer)
         report["tokenizer_time_s"] = round(tok_time, 1)
         report["build_wall_s"] = round(time.monotonic() - wall0, 1)  # tokenizer + training + topline
@@ -284,7 +291,7 @@ def _build_spelled_llm(
         for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
             if (previous_dir / name).is_file():
                 shutil.copyfile(previous_dir / name, tmp / name)
-        report.update(_saved_toplines(tmp, corpus, budget, prompts, spelled_seed=seed))
+        report.update(saved_toplines(tmp, corpus, budget.topline_n, seed, prompts=prompts))
         report["phase"] = kind
         report["previous_phase"] = {
             "train_time_s": previous.get("train_time_s"),

@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from llava.demo.base_models.llm_recipe import per_task, spelled_topline, topline_summary
+from llava.demo.base_models.llm_recipe import saved_toplines
 
 
 def toplines(
@@ -28,22 +28,8 @@ def toplines(
 
     `per_split` limits the items per task (None: all); `seed` fixes the spelled forms' random doubling.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from llava.dataset.prompts import PromptBank
-    from llava.demo.base_models.chats import split_task_texts, text_topline
-
-    model = AutoModelForCausalLM.from_pretrained(str(llm_dir)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(str(llm_dir))
-    prompts = PromptBank.load()
-    out = {}
-    for split in splits:
-        items = per_task(split_task_texts(Path(corpus), split), per_split)
-        out[split] = {
-            "words": topline_summary(text_topline(model, tokenizer, items, prompts)),
-            "spelled": spelled_topline(model, tokenizer, items, prompts, seed),
-        }
-    return out  # fmt: skip
+    out = saved_toplines(llm_dir, corpus, per_split, seed, splits)
+    return {s: {"words": out["text_topline_summary"][s], "spelled": out["spelled_topline"][s]} for s in splits}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

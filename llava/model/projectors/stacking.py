@@ -45,9 +45,9 @@ def _checked_dropout(p: float) -> float:
     return p
 
 
-def _checked_stack(stack: int, context: int = 0) -> int:
-    """Input width of the first layer, in frames. Checked before the layers are sized by it (a zero-width
-    Linear would be built first otherwise)."""
+def _input_frames(stack: int, context: int = 0) -> int:
+    """Frames each output position reads (the first layer's input width), checked before the layers are
+    sized by it (a zero-width Linear would be built first otherwise)."""
     if stack < 1:
         raise ValueError(f"projector stack must be >= 1, got {stack}")
     if context < 0:
@@ -65,7 +65,7 @@ class StackingProjector(Projector):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        _checked_stack(stack, context)
+        _input_frames(stack, context)
         self.stack, self.context = stack, context
         self.dropout = nn.Dropout(_checked_dropout(dropout))  # no weights: checkpoints are unchanged
         self.net = net
@@ -93,7 +93,7 @@ class StackingProjector(Projector):
 class LinearProjector(StackingProjector):
     def __init__(self, settings: LinearSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
         norm = OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
-        width = _checked_stack(settings.stack, settings.context)
+        width = _input_frames(settings.stack, settings.context)
         net = nn.Linear(encoder_dim * width, llm_dim)
         super().__init__(settings.stack, net, norm, settings.context, settings.dropout)
 
@@ -101,7 +101,7 @@ class LinearProjector(StackingProjector):
 class MLPProjector(StackingProjector):
     def __init__(self, settings: MLPSettings, encoder_dim: int, llm_dim: int, frame_rate: float) -> None:
         hidden = settings.hidden_size or llm_dim
-        width = _checked_stack(settings.stack, settings.context)
+        width = _input_frames(settings.stack, settings.context)
         net = nn.Sequential(nn.Linear(encoder_dim * width, hidden), nn.GELU(), nn.Linear(hidden, llm_dim))
         norm = OutputNorm(settings.output_norm, llm_dim, settings.output_norm_target)
         super().__init__(settings.stack, net, norm, settings.context, settings.dropout)
