@@ -41,32 +41,20 @@ def dev_rows(
     return ds, rows, system
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
-    """Summed next-token NLL and the number of labelled tokens: logits [B, L, V], labels [B, L]
-    (IGNORE_INDEX where unlabelled; position t predicts token t + 1)."""
-    targets = labels[:, 1:]
-    picked = targets != IGNORE_INDEX  # [B, L-1]
-    if not bool(picked.any()):
-        return 0.0, 0
-    loss = F.cross_entropy(logits[:, :-1][picked].float(), targets[picked], reduction="sum")
-    return float(loss), int(picked.sum())
-
-
-@torch.no_grad()
-def dev_nll(
+def dev_batches(
     model: Any,
     tokenizer: Any,
     dataset: SpeechDataset,
     rows: dict[str, list[int]],
     batch_size: int = 8,
-    on_batch: Callable[[int], None] | None = None,
     system_prompt: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """Per task: mean NLL per target token (nats) over `rows[task]`, and the token count.
+) -> dict[str, list[dict[str, Any]]]:
+    """Per task: the collated dev batches of `rows[task]`, built once and scored at every curve point.
 
-    The batches are built by the training collator (chat template, labels on the target and its
-    end-of-turn token; `system_prompt` as the layout of `dev_rows` gives it), so this is the training
-    loss on held-out rows, pooled over tokens."""
+    The batches come from the training collator (chat template, labels on the target and its
+    end-of-turn token; `system_prompt` as the layout of `dev_rows` gives it). Rows are batched in
+    order of duration, so a batch pads little; the NLL is pooled over tokens, so the order does not
+    change it. A row that cannot be read is left out (the dataset counts it as skipped)."""
     collator = SpeechCollator(
         tokenizer,
         model.num_audio_tokens,
@@ -74,27 +62,47 @@ def dev_nll(
         max_length=NO_LENGTH_LIMIT,
         system_prompt=system_prompt,
     )
+    durations = getattr(dataset, "durations", None)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for task, indices in rows.items():
+        ordered = sorted(indices, key=lambda i: float(durations[i])) if durations is not None else indices
+        batches = []
+        for chunk in _chunks(ordered, batch_size):
+            samples = [s for s in (dataset[i] for i in chunk) if s is not None]
+            if samples:
+                batches.append(collator(samples))
+        out[task] = batches
+    return out
+
+
+@torch.no_grad()
+def dev_nll(
+    model: Any,
+    batches: dict[str, list[dict[str, Any]]],
+    on_batch: Callable[[int], None] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per task: mean NLL per target token (nats) over the `dev_batches`, and the token count: the
+    training loss on held-out rows, pooled over tokens. The LM head runs on the labelled positions
+    only (as in training); `on_batch(rows)` is called after each batch."""
     was_training = model.training
     model.eval()
+    last = model.num_llm_layers
     out: dict[str, dict[str, float]] = {}
     try:
-        for task, indices in rows.items():
+        for task, task_batches in batches.items():
             total, count = 0.0, 0
-            for chunk in _chunks(indices, batch_size):
-                samples = [s for s in (dataset[i] for i in chunk) if s is not None]
-                if samples:
-                    batch = collator(samples)
-                    logits = model(
-                        input_ids=batch["input_ids"],
-                        attention_mask=batch["attention_mask"],
-                        audio_values=batch["audio_values"],
-                        audio_lengths=batch["audio_lengths"],
-                        use_cache=False,
-                    ).logits  # [B, L, V]
-                    s, n = token_nll(logits, batch["labels"])
-                    total, count = total + s, count + n
+            for batch in task_batches:
+                n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+                if n:
+                    spliced = model.embed_inputs(
+                        batch["input_ids"], batch["audio_values"], batch["audio_lengths"]
+                    )
+                    hidden = model.hidden_states(spliced, batch["attention_mask"], [last])[last]  # [B, L, D]
+                    logits, targets = model.labelled_logits(hidden, batch["labels"], n)  # [N, V], [N]
+                    total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+                    count += n
                 if on_batch is not None:
-                    on_batch(len(chunk))
+                    on_batch(len(batch["input_ids"]))
             out[task] = {"nll": total / count if count else math.nan, "tokens": count}
     finally:
         model.train(was_training)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from llava.demo.curves import curve_steps, dev_nll, dev_rows
+from llava.demo.curves import curve_steps, dev_batches, dev_nll, dev_rows
 from llava.demo.phases import DivergedError, Tracker
 
 # (table column, task, score keys tried in order, higher is better)
@@ -79,6 +79,8 @@ def evaluate_run(
         raise
     lap("load")
     ds, rows, system = dev_rows(corpus / "configs" / "finetune_mixed.yml", budget.nll_limit)
+    batches = dev_batches(model, tokenizer, ds, rows, 16, system_prompt=system)
+    lap("dev batches")
     points = [0, *curve_steps(steps, budget.curve_points)]
     n_rows = sum(len(v) for v in rows.values())
     bar = tracker.bar(name, len(TEST_CONFIGS) * budget.eval_limit + len(points) * n_rows, "utt")
@@ -105,7 +107,7 @@ def evaluate_run(
                 pretrained if step == 0 else finetuned if step == steps else finetuned / f"checkpoint-{step}"
             )
             _load_projector(model, ckpt)
-            curve[step] = dev_nll(model, tokenizer, ds, rows, 16, on_batch=bar.update, system_prompt=system)
+            curve[step] = dev_nll(model, batches, on_batch=bar.update)
             lap("dev nll")
     finally:
         bar.close()

@@ -65,15 +65,15 @@ class Study:
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
-        n = len(self.seeds)
-        tuned = sum(VARIANTS[v].finetune for v in self.variants)
+        chains = self.chains()
+        tuned = sum(VARIANTS[key].finetune for key, _ in chains)
         full = int(self.full_data and self.budget.full_data_steps > 0 and tuned > 0)
         self.tracker = Tracker(
             {
-                "pretrain": n * len(self.variants),
-                "alignment": n * len(self.variants),
-                "finetune": n * tuned + full,
-                "eval": n * tuned + full,
+                "pretrain": len(chains),
+                "alignment": len(chains),
+                "finetune": tuned + full,
+                "eval": tuned + full,
                 "cache": int(self.budget.fill_cache),
             },
             progress=self.progress,
@@ -332,7 +332,7 @@ class Study:
         corpus = self.corpus()
         base = self.base_models(corpus)
         self.fill_cache(base, corpus)
-        jobs = [(key, seed, base, corpus) for seed in self.seeds for key in self.variants]
+        jobs = [(key, seed, base, corpus) for key, seed in self.chains()]
         first = [i for i, job in enumerate(jobs) if job[1] == self.seeds[0]]
 
         def full_data_job(done: dict[int, dict]) -> list | None:
@@ -354,6 +354,16 @@ class Study:
         from llava.demo.report import write_report
 
         return write_report(self.out, runs, full, base, self.tracker, self.budget)
+
+    def chains(self) -> list[tuple[str, int]]:
+        """The (variant, seed) chains of the study, seed by seed; a variant with `first_seeds` runs
+        on that many of the study's seeds only."""
+        return [
+            (key, seed)
+            for i, seed in enumerate(self.seeds)
+            for key in self.variants
+            if not VARIANTS[key].first_seeds or i < VARIANTS[key].first_seeds
+        ]
 
     def _chain(self, key: str, seed: int, base: Path, corpus: Path) -> dict[str, Path]:
         dirs = {"pretrain": self.pretrain(key, seed, base, corpus)}

@@ -90,6 +90,15 @@ def _plot_layers(ax, data: dict, labels: dict, keys: list[str]) -> None:
         ax.legend(fontsize=6)
 
 
+def _on_seeds(row: dict, seeds: set) -> dict:
+    """A variant's per-layer R@1 and stage-1 losses restricted to `seeds`."""
+    return {
+        **row,
+        "r1": {k: {s: v for s, v in by_seed.items() if s in seeds} for k, by_seed in row["r1"].items()},
+        "stage1": {s: v for s, v in row["stage1"].items() if s in seeds},
+    }
+
+
 def plot_alignment_layers(data: dict, labels: dict, path: Path) -> None:
     fig = Figure(figsize=(6.5, 4.2))
     ax = fig.subplots()
@@ -104,6 +113,9 @@ def plot_pos_shift(data: dict, labels: dict, runs: dict, path: Path) -> bool:
     pair = [k for k in ("contr-cos-all-fixed", "pos-shift") if k in data]
     if len(pair) < 2:
         return False
+    # A paired comparison: both on the seeds the shifted variant ran (it may run on fewer).
+    seeds = set(data[pair[0]]["stage1"]) & set(data[pair[1]]["stage1"])
+    data = {key: _on_seeds(data[key], seeds) for key in pair}
     fig = Figure(figsize=(11, 4))
     left, right = fig.subplots(1, 2)
     _plot_layers(left, data, labels, pair)

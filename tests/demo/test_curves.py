@@ -1,5 +1,5 @@
-"""Teacher-forced dev NLL: the token-level sum against a direct computation and against the model's
-own loss; the checkpoint steps of a learning curve."""
+"""Teacher-forced dev NLL: against a direct per-token sum over the model's full logits and against the
+model's own loss; the checkpoint steps of a learning curve."""
 
 from __future__ import annotations
 
@@ -9,23 +9,7 @@ import pytest
 import torch
 
 from llava.constants import IGNORE_INDEX
-from llava.demo.curves import curve_every, curve_steps, dev_nll, dev_rows, token_nll
-
-
-def test_token_nll_matches_a_direct_sum():
-    torch.manual_seed(0)
-    logits = torch.randn(2, 5, 7)
-    labels = torch.tensor([[IGNORE_INDEX, 3, 1, IGNORE_INDEX, 6], [IGNORE_INDEX, IGNORE_INDEX, 2, 2, 0]])
-    total, count = token_nll(logits, labels)
-    ref, n = 0.0, 0
-    for b in range(2):
-        for t in range(1, 5):  # position t - 1 predicts token t
-            if labels[b, t] != IGNORE_INDEX:
-                row = logits[b, t - 1]
-                ref -= float(row[labels[b, t]] - torch.logsumexp(row, 0))
-                n += 1
-    assert count == n == 6 and total == pytest.approx(ref, rel=1e-6)
-    assert token_nll(logits, torch.full((2, 5), IGNORE_INDEX)) == (0.0, 0)
+from llava.demo.curves import curve_every, curve_steps, dev_batches, dev_nll, dev_rows
 
 
 def test_curve_steps():
@@ -40,7 +24,8 @@ def test_dev_nll_is_the_models_own_loss_per_token(tiny_corpus, tiny_model):
     model, tokenizer = tiny_model
     ds, rows, system = dev_rows(tiny_corpus / "configs" / "finetune_mixed.yml", limit_per_task=3)
     assert set(rows) == {"ASR", "ST", "SQA"} and all(len(v) == 3 for v in rows.values())
-    out = dev_nll(model, tokenizer, ds, {"ASR": rows["ASR"]}, batch_size=2, system_prompt=system)
+    asr = {"ASR": rows["ASR"]}
+    out = dev_nll(model, dev_batches(model, tokenizer, ds, asr, batch_size=2, system_prompt=system))
 
     from llava.dataset.collator import SpeechCollator
 
@@ -48,8 +33,20 @@ def test_dev_nll_is_the_models_own_loss_per_token(tiny_corpus, tiny_model):
     batch = collator([ds[i] for i in rows["ASR"]])  # one batch: the model's mean over all target tokens
     model.eval()
     with torch.no_grad():
-        loss = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "audio_values", "audio_lengths")}).loss  # fmt: skip
-    tokens = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-    assert out["ASR"]["tokens"] == tokens
-    assert out["ASR"]["nll"] == pytest.approx(float(loss), rel=1e-4)
+        res = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels", "audio_values", "audio_lengths")})  # fmt: skip
+    # An independent sum over the full logits: position t - 1 predicts token t.
+    labels, logits = batch["labels"], res.logits
+    ref, n = 0.0, 0
+    for b in range(labels.shape[0]):
+        for t in range(1, labels.shape[1]):
+            if labels[b, t] != IGNORE_INDEX:
+                row = logits[b, t - 1].double()
+                ref -= float(row[labels[b, t]] - torch.logsumexp(row, 0))
+                n += 1
+    assert out["ASR"]["tokens"] == n > 0
+    assert out["ASR"]["nll"] == pytest.approx(ref / n, rel=1e-4)
+    assert out["ASR"]["nll"] == pytest.approx(float(res.loss), rel=1e-4)
+    # Batching (and the duration order inside it) does not change the pooled figure.
+    single = dev_nll(model, dev_batches(model, tokenizer, ds, asr, batch_size=1, system_prompt=system))
+    assert single["ASR"]["tokens"] == n and single["ASR"]["nll"] == pytest.approx(ref / n, rel=1e-4)
     assert math.isfinite(out["ASR"]["nll"]) and out["ASR"]["nll"] > 0

@@ -115,3 +115,12 @@ def test_default_run_has_every_variant_but_the_exploratory_one():
     # A new variant must be placed in the default run or named here as exploratory.
     assert set(BUDGETS["default"].variants) == set(VARIANTS) - {"contr-cos-emb-spelled"}
     assert VARIANTS["contr-cos-emb-spelled"].spelled_transcripts
+
+
+def test_a_variant_limited_to_the_first_seeds_runs_only_there(tmp_path):
+    keys = ["none", "pos-shift"]
+    assert VARIANTS["pos-shift"].first_seeds == 1 and VARIANTS["none"].first_seeds == 0
+    study = Study(tmp_path / "study", BUDGETS["default"], [3, 5, 7], keys, progress=False)
+    assert study.chains() == [("none", 3), ("pos-shift", 3), ("none", 5), ("none", 7)]
+    # The progress tracker expects exactly those phases (pos-shift has no stage 2).
+    assert study.tracker.plan["pretrain"] == 4 and study.tracker.plan["finetune"] == 3 + 1
