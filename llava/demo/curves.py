@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from llava.constants import IGNORE_INDEX
 from llava.dataset.collator import SpeechCollator
 from llava.dataset.dataset import SpeechDataset
+from llava.train.objectives.base import StepInputs
+from llava.train.objectives.nwp import NwpObjective
 
 NO_LENGTH_LIMIT = 1 << 30  # dev sequences are never truncated
 
@@ -82,24 +83,19 @@ def dev_nll(
     on_batch: Callable[[int], None] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Per task: mean NLL per target token (nats) over the `dev_batches`, and the token count: the
-    training loss on held-out rows, pooled over tokens. The LM head runs on the labelled positions
-    only (as in training); `on_batch(rows)` is called after each batch."""
+    training objective (`NwpObjective`) on held-out rows, pooled over tokens; `on_batch(rows)` is
+    called after each batch."""
+    nwp = NwpObjective()
     was_training = model.training
     model.eval()
-    last = model.num_llm_layers
     out: dict[str, dict[str, float]] = {}
     try:
         for task, task_batches in batches.items():
             total, count = 0.0, 0
             for batch in task_batches:
                 n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-                if n:
-                    spliced = model.embed_inputs(
-                        batch["input_ids"], batch["audio_values"], batch["audio_lengths"]
-                    )
-                    hidden = model.hidden_states(spliced, batch["attention_mask"], [last])[last]  # [B, L, D]
-                    logits, targets = model.labelled_logits(hidden, batch["labels"], n)  # [N, V], [N]
-                    total += float(F.cross_entropy(logits.float(), targets, reduction="sum"))
+                if n:  # the objective's mean over the batch's n target tokens, back to a sum
+                    total += float(nwp(model, StepInputs(model, batch))["nwp"]) * n
                     count += n
                 if on_batch is not None:
                     on_batch(len(batch["input_ids"]))
