@@ -132,6 +132,7 @@ class LLMPass:
     grad: bool  # gradient flows back through it (to the projector or inputs)
     checkpointed: bool = False  # each layer's forward re-runs in backward
     head_positions: int = 0  # positions that go through the LM head
+    cached_prefix: int = 0  # leading positions whose keys and values come from the prefix cache
 
 
 @dataclass
@@ -145,10 +146,11 @@ class FlopCount:
 
 
 def llm_pass_flops(shape: LLMShape, p: LLMPass) -> FlopCount:
-    """FLOPs of one LLM pass (LM head weights are frozen, like the rest of the LLM)."""
-    tokens = p.rows * p.length
-    lin = p.layers * shape.layer_linear(tokens)
-    att = p.layers * shape.layer_attention(p.rows, p.length)
+    """FLOPs of one LLM pass (LM head weights are frozen, like the rest of the LLM). A cached prefix
+    counts as a hit (its one-off pass is not counted), like the feature and text caches."""
+    run = p.length - p.cached_prefix  # positions the pass computes; they attend to all `length` keys
+    lin = p.layers * shape.layer_linear(p.rows * run)
+    att = p.layers * shape.layer_attention(p.rows, p.length) * run / p.length
     head = 2 * p.head_positions * shape.hidden * shape.vocab
     fwd = lin + att + head
     bwd = (lin + 2 * att + head) if p.grad else 0.0

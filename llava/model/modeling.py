@@ -23,6 +23,12 @@ from llava.constants import IGNORE_INDEX
 from llava.model import pretrained
 from llava.model.configuration import SpeechLlavaConfig
 from llava.model.encoders import AudioEncoder
+from llava.model.prefix_cache import (
+    PrefixCache,
+    activation_checkpointing,
+    llm_dropout_active,
+    shared_prefix_length,
+)
 from llava.model.projectors import PROJECTORS, build_projector
 
 
@@ -85,6 +91,10 @@ class SpeechLlavaForCausalLM(PreTrainedModel):
             self.config.projector_config["output_norm_target"] = target
         if audio_tower is None and language_model is None:
             pretrained.wrap_lora_from_config(self)  # the adapters a full export's weights include
+        # The frozen LLM's keys and values of the text every row starts with (llava.model.prefix_cache);
+        # a runtime setting (--reuse_shared_prefix), not part of the config.
+        self.reuse_shared_prefix = True
+        self.prefix_cache = PrefixCache()
         self.post_init()
 
     # ----------------------------------------------------------------------------- transformers API
@@ -197,29 +207,60 @@ class SpeechLlavaForCausalLM(PreTrainedModel):
         flat = audio_embeds.reshape(-1, audio_embeds.shape[-1]).index_select(0, order)  # [N * Q, Dl]
         return embeds.masked_scatter(slots[..., None], flat.to(embeds.dtype))
 
+    def shared_prefix_length(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> int:
+        """How many leading positions of input_ids [B, L] `hidden_states(prefix_ids=...)` can take from
+        the prefix cache: the text run every row shares (see `llava.model.prefix_cache`); 0 when the
+        reuse is off or could change the result (trainable LLM weights, LLM dropout, checkpointing)."""
+        llm = self.language_model
+        if (
+            not self.reuse_shared_prefix
+            or activation_checkpointing(llm)
+            or llm_dropout_active(llm)
+            or any(p.requires_grad for p in llm.parameters())
+        ):
+            return 0
+        return shared_prefix_length(input_ids, attention_mask, self.config.audio_token_id, labels)
+
     def hidden_states(
         self,
         inputs_embeds: torch.Tensor,
         attention_mask: torch.Tensor,
         layers: Sequence[int],
         position_ids: torch.Tensor | None = None,
+        prefix_ids: torch.Tensor | None = None,
     ) -> dict[int, torch.Tensor]:
         """Hidden states [B, L, Dl] of the LLM at `layers` (indices 0..N as in `llava.model.layers`).
 
         Layer 0 is the input embeddings and needs no LLM pass. The decoder stops after the deepest
         layer asked for (its final norm runs only when the last layer N is asked for, as with
         `output_hidden_states=True`); the LM head never runs.
+
+        prefix_ids [P] (P from `shared_prefix_length`, the ids every row starts with): the prefix's keys
+        and values come from the prefix cache and the states returned are those of positions P..L-1,
+        [B, L - P, Dl]; attention_mask stays [B, L].
         """
         n = self.num_llm_layers
         bad = [k for k in layers if not 0 <= k <= n]
         if bad or not layers:
             raise ValueError(f"hidden_states: layers {list(layers)} must be non-empty and within 0..{n}")
+        decoder = self.language_model.get_decoder()
+        cache: dict = {}
+        skip = 0 if prefix_ids is None else int(prefix_ids.shape[0])
+        if skip:
+            cache = self.prefix_cache.decoder_kwargs(
+                decoder, inputs_embeds[:1, :skip].detach(), prefix_ids, inputs_embeds.shape[0]
+            )
+            inputs_embeds = inputs_embeds[:, skip:]
+            position_ids = None if position_ids is None else position_ids[:, skip:]
         out = {0: inputs_embeds} if 0 in layers else {}
         deepest = max(layers)
         if deepest == 0:
             return out
-        decoder = self.language_model.get_decoder()
-        kwargs = dict(inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids)
+        kwargs = dict(
+            inputs_embeds=inputs_embeds, attention_mask=attention_mask, position_ids=position_ids, **cache
+        )
         blocks, norm = getattr(decoder, "layers", None), getattr(decoder, "norm", None)
         if not isinstance(blocks, nn.ModuleList) or not isinstance(norm, nn.Module):
             # A decoder without the usual `layers` + `norm` members: one full pass, correct but slower.

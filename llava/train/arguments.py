@@ -144,6 +144,9 @@ class ModelArguments:
     text_state_cache: str | None = None
     # torch.compile the LLM's decoder layers (llava.model.compile); a GPU speed-up, on a CPU for testing only.
     torch_compile_llm: bool = False
+    # Run a frozen LLM on the text every row of a batch starts with (the system turn) once, and reuse its
+    # keys and values (llava.model.prefix_cache); same losses up to rounding. Off: every row runs in full.
+    reuse_shared_prefix: bool = True
 
     def projector_config(self) -> dict:
         """Settings of the chosen projector (`llava.model.projectors.projector_settings`)."""

@@ -194,7 +194,11 @@ def objective_flops_fn(model, objective, checkpointing: bool) -> FlopsFn | None:
         passes, per_label = [], 0.0
         if nwp:
             head = 0 if labelled_only else rows * length
-            passes.append(LLMPass(rows, length, llm.layers, True, checkpointing, head_positions=head))
+            # The text every row starts with, when the NWP pass reuses its cached keys and values.
+            prefix = model.shared_prefix_length(
+                batch["input_ids"], batch["attention_mask"], batch.get("labels")
+            )
+            passes.append(LLMPass(rows, length, llm.layers, True, checkpointing, head, prefix))
             if labelled_only:
                 per_label = 2 * 2 * llm.hidden * llm.vocab  # forward + input-gradient of the LM head
         if layers and deepest > 0:

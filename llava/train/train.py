@@ -260,6 +260,7 @@ def main(argv: list[str] | None = None) -> SpeechTrainer:
         model.audio_tower, model_args.audio_feature_cache, model_args.audio_feature_cache_dtype
     )
     attach_text_cache(model, model_args.text_state_cache, objective)
+    model.reuse_shared_prefix = model_args.reuse_shared_prefix
     if model_args.torch_compile_llm:
         compile_llm(
             model, training_args.torch_compile_backend or "inductor", training_args.torch_compile_mode

@@ -64,6 +64,26 @@ def test_llm_forward_and_backward_match_the_counter(llm):
     assert ckpt.model == expected.model and ckpt.executed > expected.executed
 
 
+def test_a_pass_after_a_cached_prefix_matches_the_counter(llm):
+    from transformers import DynamicCache
+
+    shape = LLMShape.from_config(llm.config)
+    rows, length, prefix = 3, 11, 4
+    x = torch.randn(rows, length, shape.hidden)
+    with torch.no_grad():
+        kv = llm.model(inputs_embeds=x[:1, :prefix], use_cache=True).cache
+    data = [(lay.keys.expand(rows, -1, -1, -1), lay.values.expand(rows, -1, -1, -1)) for lay in kv.layers]
+    rest = x[:, prefix:].clone().requires_grad_(True)
+    mask = torch.ones(rows, length, dtype=torch.long)
+
+    def step():
+        out = llm.model(inputs_embeds=rest, attention_mask=mask, cache=DynamicCache(data)).last_hidden_state
+        out.sum().backward()
+
+    expected = llm_pass_flops(shape, LLMPass(rows, length, shape.layers, grad=True, cached_prefix=prefix))
+    assert _count(step) == pytest.approx(expected.model, rel=1e-9)
+
+
 def test_encoder_forward_matches_the_counter():
     cfg = _config(tiny_encoder_config("hubert"))
     model = AutoModel.from_config(cfg, attn_implementation="eager").eval()

@@ -13,7 +13,9 @@ class NwpObjective(Objective):
     """CE on the target tokens of chat-templated sequences (ASR pretraining, fine-tuning).
 
     Runs the LLM once on the spliced sequence and the LM head on the labelled positions only
-    (`labelled_logits`); the loss equals the causal-LM loss over the full logits.
+    (`labelled_logits`); the loss equals the causal-LM loss over the full logits. The text every row
+    starts with (the system turn) comes from the frozen LLM's prefix cache when it can
+    (`shared_prefix_length`).
     """
 
     name = "nwp"
@@ -26,8 +28,12 @@ class NwpObjective(Objective):
         if step.batch_size == 0:  # only with a gathering objective beside it: nothing to score here
             return {"nwp": torch.zeros((), device=batch["input_ids"].device)}
         last = model.num_llm_layers
-        hidden = model.hidden_states(step.spliced, batch["attention_mask"], [last])[last]  # [B, L, D]
-        logits, targets = model.labelled_logits(hidden, batch["labels"], batch.get("num_labelled"))
+        ids, labels = batch["input_ids"], batch["labels"]
+        skip = model.shared_prefix_length(ids, batch["attention_mask"], labels)
+        prefix = ids[0, :skip] if skip else None
+        hidden = model.hidden_states(step.spliced, batch["attention_mask"], [last], prefix_ids=prefix)[last]
+        # hidden: [B, L - skip, D], the positions after the shared prefix (none of which it labels)
+        logits, targets = model.labelled_logits(hidden, labels[:, skip:], batch.get("num_labelled"))
         return {"nwp": F.cross_entropy(logits.float(), targets)}
 
 
