@@ -206,7 +206,7 @@ BUDGETS = {
     # (seeds 0 / 1, ASR WER): 400 / 200 steps at lr 3e-3 39.6 (seed 0); lr 6e-3 31.3 (seed 0), lr 1.2e-2
     # 40.9; lr 6e-3 at 600 / 100 steps 32.9 / 23.8, at 800 / 100 27.9 / 22.9 (800 does not fit 30 min).
     "default": Budget(
-        "small", "small", pretrain_steps=600, finetune_steps=100, batch_size=16, learning_rate=6e-3,
+        "small", "small", pretrain_steps=800, finetune_steps=100, batch_size=16, learning_rate=6e-3,
         finetune_learning_rate=3e-3, eval_limit=48, diag_limit=96, nll_limit=80, curve_points=4,
         full_data_steps=500, seeds=3, output_norm="rms_match", projector_type="mlp",
         projector={"stack": 2}, variants=DEFAULT_VARIANTS,
