@@ -205,7 +205,7 @@ BUDGETS = {
     # stage 2 costs about as much less as 200 more stage-1 steps cost over three seeds). asr pilots
     # (seeds 0 / 1, ASR WER): 400 / 200 steps at lr 3e-3 39.6 (seed 0); lr 6e-3 31.3 (seed 0), lr 1.2e-2
     # 40.9; lr 6e-3 at 600 / 100 steps 32.9 / 23.8, at 800 / 100 27.9 / 22.9. The whole default study at
-    # 800 / 100 (with the shared-prefix reuse): asr WER 28.7 over 3 seeds (29.2 / 24.4 / 32.6; 29.0 at
+    # 800 / 100 (with the shared-prefix reuse): asr WER 28.8 over 3 seeds (29.2 / 24.4 / 32.6; 29.0 at
     # 600), every other variant within its seed spread of the 600-step run, 2,066 s wall: 200 more steps
     # buy nothing the table resolves and break the 30-minute budget.
     "default": Budget(
