@@ -27,6 +27,7 @@ from llava.model.prefix_cache import (
     PrefixCache,
     activation_checkpointing,
     llm_dropout_active,
+    sharded_weights,
     shared_prefix_length,
 )
 from llava.model.projectors import PROJECTORS, build_projector
@@ -212,13 +213,15 @@ class SpeechLlavaForCausalLM(PreTrainedModel):
     ) -> int:
         """How many leading positions of input_ids [B, L] `hidden_states(prefix_ids=...)` can take from
         the prefix cache: the text run every row shares (see `llava.model.prefix_cache`); 0 when the
-        reuse is off or could change the result (trainable LLM weights, LLM dropout, checkpointing)."""
+        reuse is off or could change the result (trainable LLM weights, LLM dropout, checkpointing) or
+        desynchronise ranks (sharded LLM weights)."""
         llm = self.language_model
         if (
             not self.reuse_shared_prefix
             or activation_checkpointing(llm)
             or llm_dropout_active(llm)
             or any(p.requires_grad for p in llm.parameters())
+            or sharded_weights(llm)
         ):
             return 0
         return shared_prefix_length(input_ids, attention_mask, self.config.audio_token_id, labels)

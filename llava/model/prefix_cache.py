@@ -8,7 +8,9 @@ step can start from those keys and values and run the LLM on the rest only: the 
 and gradients, up to float rounding, for about a third less LLM work on a stage-1 ASR batch.
 
 The reuse is off whenever it could change the result: any trainable LLM weight (LoRA, an unfrozen
-LLM), dropout active in the LLM, a prefix holding padding, audio or a labelled target. Cached
+LLM), dropout active in the LLM, a prefix holding padding, audio or a labelled target; and with LLM
+weights sharded across ranks (ZeRO-3, FSDP), whose collective gathers a one-rank cache miss would
+desynchronise. Cached
 entries are keyed by the prefix ids, dtype, device and the LLM weights' in-place version counters,
 so loading new weights into the same model does not reuse stale entries.
 """
@@ -73,6 +75,16 @@ def activation_checkpointing(language_model: nn.Module) -> bool:
     for name in ("is_activation_checkpointing", "is_gradient_checkpointing"):  # 5.x / 4.x name
         if hasattr(type(language_model), name):
             return bool(getattr(language_model, name))
+    return False
+
+
+def sharded_weights(language_model: nn.Module) -> bool:
+    """Whether the LLM's weights are sharded across ranks (DeepSpeed ZeRO-3, FSDP). Their forward
+    gathers weights collectively, so a prefix pass that one rank runs and another does not (a cache
+    miss on one rank only) would leave the ranks waiting on each other."""
+    for p in language_model.parameters():
+        if hasattr(p, "ds_id") or type(p).__name__ in ("DTensor", "FlatParameter"):
+            return True
     return False
 
 

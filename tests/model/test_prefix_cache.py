@@ -137,6 +137,12 @@ def test_reuse_is_off_where_it_could_change_the_result(tiny_model):
     weight.requires_grad_(True)
     assert model.shared_prefix_length(*args) == 0
     weight.requires_grad_(False)
+    # weights sharded across ranks (ZeRO-3 marks its parameters with ds_id): a miss on one rank only
+    # would desynchronise the collective weight gathers
+    weight.ds_id = 0
+    assert model.shared_prefix_length(*args) == 0
+    del weight.ds_id
+    assert model.shared_prefix_length(*args) > 0
     # checkpointed decoder layers would drop a passed cache
     model.activation_checkpointing_enable()
     assert model.shared_prefix_length(*args) == 0

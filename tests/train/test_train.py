@@ -57,6 +57,31 @@ def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_
     assert any(not torch.equal(a[k], mid[k]) for k in a)  # the last two steps really trained
 
 
+def test_shared_prefix_reuse_trains_the_same_projector(tmp_path, tiny_base_dirs, tiny_corpus):
+    # ASR pretraining through the real collator: every row opens with the paper layout's system turn.
+    runs = {}
+    for flag in ("True", "False"):
+        t = train_mod.main(
+            _args(
+                tiny_base_dirs,
+                tiny_corpus,
+                tmp_path / flag,
+                "--max_steps",
+                "3",
+                "--reuse_shared_prefix",
+                flag,
+            )
+        )
+        runs[flag] = t.model.model  # the speech model inside the objective wrapper
+    on, off = runs["True"], runs["False"]
+    assert on.reuse_shared_prefix and not off.reuse_shared_prefix
+    assert on.prefix_cache.misses >= 1 and on.prefix_cache.hits >= 1
+    assert off.prefix_cache.misses == off.prefix_cache.hits == 0
+    a, b = _weights(tmp_path / "True"), _weights(tmp_path / "False")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
 def test_nonfinite_losses_are_skipped_then_fatal(tmp_path, tiny_base_dirs, tiny_corpus, monkeypatch):
     from llava.train import trainer as trainer_mod
     from llava.train.objectives import ObjectiveSet
