@@ -71,9 +71,11 @@ def test_smoke_study_interrupted_resumed_and_reused(tmp_path):
     preds = list((out / "seed0" / "eval" / "asr" / "ASR").glob("*_preds.jsonl"))
     assert len(preds) == 1 and len(preds[0].read_text().splitlines()) == 4
 
-    # 3. Everything reused: nothing runs again.
+    # 3. Everything reused: nothing runs again (the finished corpus starts no synthesiser process).
+    corpus_log = (out / "corpus.log").stat().st_mtime_ns
     t0 = time.perf_counter()
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0
     assert "reused" in again.stdout and "running ..." not in again.stdout
+    assert (out / "corpus.log").stat().st_mtime_ns == corpus_log
     assert time.perf_counter() - t0 < min(60, resumed_s)

@@ -242,7 +242,9 @@ def _lm_tasks(plan: CorpusPlan) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- entry point
-def _manifest_is_current(out: Path, size: str, seed: int) -> dict | None:
+def built_corpus(out: Path, size: str, seed: int) -> dict | None:
+    """The manifest of a finished corpus of this size and seed in `out` (every file it lists present at
+    its recorded size), else None."""
     path = out / "manifest.json"
     if not path.is_file():
         return None
@@ -274,7 +276,7 @@ def build_corpus(
     if size not in SIZES:
         raise ValueError(f"unknown corpus size {size!r}; known: {sorted(SIZES)}")
     out = Path(out)
-    if not force and (manifest := _manifest_is_current(out, size, seed)) is not None:
+    if not force and (manifest := built_corpus(out, size, seed)) is not None:
         logger.info("corpus in %s is already built (size=%s, seed=%d)", out, size, seed)
         return manifest
     from llava.demo.corpus.espeak import get_espeak
