@@ -59,21 +59,11 @@ def test_resume_gives_the_same_projector_as_an_uninterrupted_run(tmp_path, tiny_
 
 def test_shared_prefix_reuse_trains_the_same_projector(tmp_path, tiny_base_dirs, tiny_corpus):
     # ASR pretraining through the real collator: every row opens with the paper layout's system turn.
-    runs = {}
+    models = {}
     for flag in ("True", "False"):
-        t = train_mod.main(
-            _args(
-                tiny_base_dirs,
-                tiny_corpus,
-                tmp_path / flag,
-                "--max_steps",
-                "3",
-                "--reuse_shared_prefix",
-                flag,
-            )
-        )
-        runs[flag] = t.model.model  # the speech model inside the objective wrapper
-    on, off = runs["True"], runs["False"]
+        argv = _args(tiny_base_dirs, tiny_corpus, tmp_path / flag, "--max_steps", "3")
+        models[flag] = train_mod.main([*argv, "--reuse_shared_prefix", flag]).model.model  # unwrapped
+    on, off = models["True"], models["False"]
     assert on.reuse_shared_prefix and not off.reuse_shared_prefix
     assert on.prefix_cache.misses >= 1 and on.prefix_cache.hits >= 1
     assert off.prefix_cache.misses == off.prefix_cache.hits == 0
