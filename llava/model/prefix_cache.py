@@ -10,13 +10,13 @@ and gradients, up to float rounding, for about a third less LLM work on a stage-
 The reuse is off whenever it could change the result: any trainable LLM weight (LoRA, an unfrozen
 LLM), dropout active in the LLM, a prefix holding padding, audio or a labelled target; and with LLM
 weights sharded across ranks (ZeRO-3, FSDP), whose collective gathers a one-rank cache miss would
-desynchronise. Cached
-entries are keyed by the prefix ids, dtype, device and the LLM weights' in-place version counters,
-so loading new weights into the same model does not reuse stale entries.
+desynchronise. Cached entries are keyed by the prefix ids, dtype, device and the LLM weights' in-place
+version counters, so loading new weights into the same model does not reuse stale entries.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
 
@@ -88,9 +88,10 @@ def sharded_weights(language_model: nn.Module) -> bool:
     return False
 
 
-def _cache_keyword(decoder: nn.Module) -> str:
+@functools.cache
+def _cache_keyword(decoder_class: type) -> str:
     # transformers 5.x names the argument `cache` (`past_key_values` is deprecated); 4.x only has the latter.
-    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 
 class PrefixCache:
@@ -101,9 +102,9 @@ class PrefixCache:
         self._entries: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         self.hits = 0
         self.misses = 0
-
-    def clear(self) -> None:
-        self._entries.clear()
+        # Length of the prefix the last cached pass skipped: what the MFU estimate counts as cached
+        # (read there instead of recomputing it per batch, which would add a host sync to the step).
+        self.last_length = 0
 
     def _key(self, decoder: nn.Module, prefix_ids: torch.Tensor, dtype: torch.dtype) -> tuple:
         versions = tuple(p._version for p in decoder.parameters())
@@ -112,14 +113,9 @@ class PrefixCache:
     def _compute(
         self, decoder: nn.Module, prefix_embeds: torch.Tensor
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        was_training = decoder.training
-        try:
-            # Eval mode changes nothing here (the caller checked that no dropout is active) but keeps
-            # checkpointing wrappers from switching the cache off.
-            with torch.no_grad():
-                out = decoder.eval()(inputs_embeds=prefix_embeds, use_cache=True)
-        finally:
-            decoder.train(was_training)
+        # No gradient, so checkpointed layers would run as they are (the caller excludes them anyway).
+        with torch.no_grad():
+            out = decoder(inputs_embeds=prefix_embeds, use_cache=True)
         cache = out.cache if hasattr(out, "cache") else out.past_key_values  # 5.x / 4.x name
         return [(layer.keys, layer.values) for layer in cache.layers]
 
@@ -140,5 +136,6 @@ class PrefixCache:
         else:
             self.hits += 1
             self._entries.move_to_end(key)
+        self.last_length = int(prefix_ids.shape[0])
         data = [(k.expand(batch_size, -1, -1, -1), v.expand(batch_size, -1, -1, -1)) for k, v in entry]
-        return {_cache_keyword(decoder): DynamicCache(data)}
+        return {_cache_keyword(type(decoder)): DynamicCache(data)}

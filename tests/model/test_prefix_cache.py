@@ -86,6 +86,7 @@ def test_nwp_loss_and_projector_gradients_equal_a_full_pass(tiny_model):
     loss, grads = _loss_and_grads(model, batch)
     hook.remove()
     assert skip == head  # everything before the first audio position
+    assert model.prefix_cache.last_length == skip  # what the MFU estimate reads
     width = batch["input_ids"].shape[1]
     # full pass; the cached prefix (one row); the batch after it
     assert widths == [width, skip, width - skip]
