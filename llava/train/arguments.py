@@ -257,7 +257,12 @@ class TrainingArguments(HfTrainingArguments):
     num_train_epochs: float = 5.0
     learning_rate: float = 1e-4
     lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.03
+    # The paper's linear warmup: 3 % of the steps. transformers 5 reads a float below 1 in
+    # --warmup_steps as that ratio and has no --warmup_ratio of its own any more.
+    warmup_steps: float = 0.03
+    # transformers 4's spelling of the same ratio, which the original scripts pass: it sets
+    # --warmup_steps (giving both with different values is an error).
+    warmup_ratio: float | None = None
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 42
@@ -285,12 +290,26 @@ class TrainingArguments(HfTrainingArguments):
 
     def __post_init__(self) -> None:
         self._size_dataloader()
+        self._warmup_from_ratio()
         # Without a GPU, accelerate only sets up CPU data parallelism (gloo) when told it runs on CPU;
         # otherwise torchrun would start independent, unsynchronised processes. DeepSpeed keeps its
         # own engine (and its own process group) either way.
         if not self.use_cpu and not self.deepspeed and not torch.cuda.is_available():
             self.use_cpu = True
         super().__post_init__()
+
+    def _warmup_from_ratio(self) -> None:
+        if self.warmup_ratio is None:
+            return
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        default = next(f.default for f in dataclasses.fields(self) if f.name == "warmup_steps")
+        if self.warmup_steps not in (default, self.warmup_ratio):
+            raise ValueError(
+                f"--warmup_ratio {self.warmup_ratio} and --warmup_steps {self.warmup_steps} both set the "
+                "warmup; give one of them"
+            )
+        self.warmup_steps = self.warmup_ratio
 
     def _size_dataloader(self) -> None:
         if self.dataloader_num_workers < 0:

@@ -152,6 +152,7 @@ def test_an_original_pretraining_command_line_parses_unchanged(caplog):
     assert data.model_max_length == 2048 and data.data_config_path.endswith("mustc_asr.yml")
     assert str(training.eval_strategy) in ("no", "IntervalStrategy.NO")
     assert (training.save_steps, training.save_total_limit, training.dataloader_num_workers) == (1000, 10, 4)
+    assert training.get_warmup_steps(1000) == 30  # --warmup_ratio 0.03 reaches the schedule
     assert "--lazy_preprocess" in caplog.text  # accepted, and said to have no effect
 
 

@@ -48,7 +48,7 @@ def _trainer(model, tok, out, train, objective, eval_dataset=None, **kw) -> Spee
         max_steps=4,
         learning_rate=1e-3,
         lr_scheduler_type="constant",
-        warmup_ratio=0.0,
+        warmup_steps=0,
         report_to="none",
         logging_steps=1,
         save_strategy="no",
@@ -187,6 +187,35 @@ def test_a_faulty_step_is_skipped_and_the_others_train(tiny_model, tmp_path, cap
     assert f"step 3 skipped: {expected}" in caplog.text
     logged = [h for h in trainer.state.log_history if "loss" in h]
     assert all(np.isfinite(h[k]) for h in logged for k in h if k.startswith(("contrastive_layer_", "nwp")))
+
+
+@pytest.mark.parametrize("flag", ["warmup_ratio", "warmup_steps"])
+def test_the_warmup_ratio_reaches_the_learning_rate_schedule(tiny_model, tmp_path, flag):
+    """--warmup_ratio (the original scripts' flag, gone from transformers 5) and a ratio in
+    --warmup_steps both warm the learning rate up over that share of the steps."""
+    model, tok = tiny_model
+    args = {"lr_scheduler_type": "linear", "warmup_steps": 0.03, "warmup_ratio": None, flag: 0.5}
+    trainer = _trainer(model, tok, tmp_path, _Toy(8), _objective(model, contrastive_training=True), args=args)
+    trainer.train()
+    logged = [h["learning_rate"] for h in trainer.state.log_history if "loss" in h]
+    # Linear warmup over ceil(0.5 * 4) = 2 steps, then linear decay to 0; each step logs the rate it
+    # used, the schedule's value after s - 1 scheduler steps.
+    peak = 1e-3
+    expected = [peak * min(k / 2, (4 - k) / 2) for k in (0, 1, 2, 3)]
+    np.testing.assert_allclose(logged, expected, atol=1e-12)
+
+
+def test_the_paper_warmup_is_the_default_and_two_different_warmups_are_an_error(tmp_path):
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none")
+    assert args.get_warmup_steps(1000) == 30  # 3 % of the steps, as the paper scripts
+    assert (
+        TrainingArguments(output_dir=str(tmp_path), report_to="none", warmup_ratio=0.1).get_warmup_steps(100)
+        == 10
+    )
+    with pytest.raises(ValueError, match="give one of them"):
+        TrainingArguments(output_dir=str(tmp_path), report_to="none", warmup_ratio=0.1, warmup_steps=5)
+    with pytest.raises(ValueError, match=r"--warmup_ratio must be in \[0, 1\)"):
+        TrainingArguments(output_dir=str(tmp_path), report_to="none", warmup_ratio=3.0)
 
 
 def test_too_many_nonfinite_steps_stop_the_run(tiny_model, tmp_path):
