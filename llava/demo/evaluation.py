@@ -99,7 +99,10 @@ def evaluate_run(
                 progress=False,
             )
             (scores[task],) = result.values()  # one test set per config
-            bar.update(budget.eval_limit)
+            done = int(scores[task].get("num_predictions", budget.eval_limit))
+            if bar.total is not None and done < budget.eval_limit:  # a test set smaller than the limit
+                bar.total -= budget.eval_limit - done
+            bar.update(done)
             lap(f"generate {task}")
         curve: dict[int, dict[str, dict[str, float]]] = {}
         for step in points:
