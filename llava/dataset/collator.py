@@ -43,6 +43,8 @@ from llava.dataset.skips import BAD_AUDIO, EXCEEDS_MAX_LENGTH, SkippedRow
 from llava.tokenization import end_of_turn_token
 
 MODES = ("chat", "mixed")
+# Distinct prompts whose token ids a collator keeps (a task's fixed instructions; not every question).
+PROMPT_MEMO_SIZE = 1024
 # Sample fields an inference batch carries along (non-tensor `meta`) for writing and scoring predictions.
 _META_KEYS = (
     "id",
@@ -136,6 +138,9 @@ class SpeechCollator:
         if eot_token is None or eot_token not in vocab:
             raise ValueError(f"end-of-turn token {eot_token!r} is not in the vocabulary")
         self.eot_token_id = vocab[eot_token]
+        # Token ids of each (system turn, user turn) prompt seen: a task's prompts repeat across its
+        # samples, and rendering the chat template is most of the per-sample cost of a chat batch.
+        self._prompt_ids: dict[tuple[str | None, str], list[int]] = {}
 
     # ------------------------------------------------------------------------- tokenization
     def _tokenize(self, text: str) -> list[int]:
@@ -156,10 +161,15 @@ class SpeechCollator:
     def _chat(self, sample: Sample) -> tuple[list[int], list[int] | None]:
         """Token ids (one id per `<audio>`, not yet expanded) and labels of one chat sample."""
         messages = self._messages(sample.prompt)
-        prefix = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        prefix_ids = self._tokenize(prefix)
+        key = (self.system_prompt, sample.prompt)
+        prefix_ids = self._prompt_ids.get(key)
+        if prefix_ids is None:
+            prefix = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            prefix_ids = self._tokenize(prefix)
+            if len(self._prompt_ids) < PROMPT_MEMO_SIZE:  # per-sample prompts (SQA questions) stay bounded
+                self._prompt_ids[key] = prefix_ids
         if self.inference:
-            return prefix_ids, None
+            return list(prefix_ids), None
         full = self.tokenizer.apply_chat_template(
             messages + [{"role": "assistant", "content": sample.target}], tokenize=False
         )

@@ -258,3 +258,39 @@ def test_paper_layout_system_turn_is_never_labelled(tok):
     assert ids[: len(expected) - 1 + len(run)] == expected[:slot] + run + expected[slot + 1 :]
     meta = SpeechCollator(tok, n_tokens, inference=True)([s])["meta"][0]
     assert meta["source_lang"] is None and meta["references"] == ["the lazy dog"]
+
+
+def test_remembered_prompt_ids_equal_a_fresh_rendering(tok, monkeypatch):
+    """A collator renders each distinct prompt once; later batches (other targets and audio, a changed
+    system turn, inference) get exactly what a fresh collator builds, and the memo stays bounded."""
+    import llava.dataset.collator as collator_mod
+
+    monkeypatch.setattr(collator_mod, "PROMPT_MEMO_SIZE", 2)
+    prompts = ["transcribe the audio\n<audio>", "<audio>\ntranslate the audio", "what does <audio> say"]
+    samples = [
+        _sample(i, 0.3 + 0.1 * i, "the lazy dog" if i % 2 else "one two", prompts[i % 3]) for i in range(7)
+    ]
+    reused = SpeechCollator(tok, n_tokens, max_length=512)
+    for system in (None, "be brief", None):
+        reused.system_prompt = system
+        for batch in (samples[:3], samples[3:]):
+            got = reused(batch)
+            want = SpeechCollator(tok, n_tokens, max_length=512, system_prompt=system)(batch)
+            for key in ("input_ids", "labels", "attention_mask"):
+                assert torch.equal(got[key], want[key])
+    assert len(reused._prompt_ids) == 2  # bounded: the third prompt and the other system turns re-render
+    prompt_renders = []
+    real = tok.apply_chat_template
+
+    def counting(*args, **kwargs):
+        prompt_renders.extend([1] if kwargs.get("add_generation_prompt") else [])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tok, "apply_chat_template", counting)
+    fresh = SpeechCollator(tok, n_tokens, max_length=512)
+    fresh(samples[:2])
+    fresh(samples[:2])
+    assert len(prompt_renders) == 2  # each prompt once, not once per sample
+    inference = SpeechCollator(tok, n_tokens, inference=True)
+    first = inference(samples[:1])["input_ids"]
+    assert torch.equal(inference(samples[:1])["input_ids"], first)  # the memo is not mutated by expansion
