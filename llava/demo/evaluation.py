@@ -100,8 +100,7 @@ def evaluate_run(
             )
             (scores[task],) = result.values()  # one test set per config
             done = int(scores[task].get("num_predictions", budget.eval_limit))
-            if bar.total is not None and done < budget.eval_limit:  # a test set smaller than the limit
-                bar.total -= budget.eval_limit - done
+            bar.total -= budget.eval_limit - done  # a test set smaller than the limit
             bar.update(done)
             lap(f"generate {task}")
         curve: dict[int, dict[str, dict[str, float]]] = {}

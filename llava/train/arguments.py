@@ -250,6 +250,9 @@ class LossArguments:
     log_term_grad_norms: bool = False
 
 
+PAPER_WARMUP = 0.03  # the original scripts' --warmup_ratio
+
+
 @dataclass
 class TrainingArguments(HfTrainingArguments):
     # Paper defaults for stage 1; scripts override what differs.
@@ -259,7 +262,7 @@ class TrainingArguments(HfTrainingArguments):
     lr_scheduler_type: str = "cosine"
     # The paper's linear warmup: 3 % of the steps. transformers 5 reads a float below 1 in
     # --warmup_steps as that ratio and has no --warmup_ratio of its own any more.
-    warmup_steps: float = 0.03
+    warmup_steps: float = PAPER_WARMUP
     # transformers 4's spelling of the same ratio, which the original scripts pass: it sets
     # --warmup_steps (giving both with different values is an error).
     warmup_ratio: float | None = None
@@ -303,8 +306,7 @@ class TrainingArguments(HfTrainingArguments):
             return
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise ValueError(f"--warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-        default = next(f.default for f in dataclasses.fields(self) if f.name == "warmup_steps")
-        if self.warmup_steps not in (default, self.warmup_ratio):
+        if self.warmup_steps not in (PAPER_WARMUP, self.warmup_ratio):
             raise ValueError(
                 f"--warmup_ratio {self.warmup_ratio} and --warmup_steps {self.warmup_steps} both set the "
                 "warmup; give one of them"

@@ -196,7 +196,7 @@ def objective_flops_fn(model, objective, checkpointing: bool) -> FlopsFn | None:
             head = 0 if labelled_only else rows * length
             # The shared text the NWP pass last took from the prefix cache (the system turn: the same
             # every step; reading it adds no host sync, recomputing it per batch would).
-            prefix = min(getattr(getattr(model, "prefix_cache", None), "last_length", 0), length - 1)
+            prefix = min(model.prefix_cache.last_length, length - 1)
             passes.append(LLMPass(rows, length, llm.layers, True, checkpointing, head, prefix))
             if labelled_only:
                 per_label = 2 * 2 * llm.hidden * llm.vocab  # forward + input-gradient of the LM head
