@@ -45,6 +45,10 @@ from llava.tokenization import end_of_turn_token
 MODES = ("chat", "mixed")
 # Distinct prompts whose token ids a collator keeps (a task's fixed instructions; not every question).
 PROMPT_MEMO_SIZE = 1024
+# Rendered chats (prompt + target) and transcripts a collator keeps: a training sample comes back every
+# epoch and tokenizes the same each time (a stage-1 run of the demo sees each sample ~5 times).
+# Bounded so a corpus of millions does not grow the memo past ~100 MB; samples beyond it re-render.
+SAMPLE_MEMO_SIZE = 32768
 # Sample fields an inference batch carries along (non-tensor `meta`) for writing and scoring predictions.
 _META_KEYS = (
     "id",
@@ -141,6 +145,8 @@ class SpeechCollator:
         # Token ids of each (system turn, user turn) prompt seen: a task's prompts repeat across its
         # samples, and rendering the chat template is most of the per-sample cost of a chat batch.
         self._prompt_ids: dict[tuple[str | None, str], list[int]] = {}
+        self._chat_ids: dict[tuple[str | None, str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._transcript_memo: dict[tuple[bool, int, str], tuple[int, ...]] = {}
 
     # ------------------------------------------------------------------------- tokenization
     def _tokenize(self, text: str) -> list[int]:
@@ -148,6 +154,15 @@ class SpeechCollator:
 
     def _transcript_ids(self, transcript: str) -> list[int]:
         """The contrastive text side: transcript tokens, optionally between BOS and EOS."""
+        key = (self.transcript_special_tokens, self.max_length, transcript)
+        ids = self._transcript_memo.get(key)
+        if ids is None:
+            ids = tuple(self._render_transcript(transcript))
+            if len(self._transcript_memo) < SAMPLE_MEMO_SIZE:
+                self._transcript_memo[key] = ids
+        return list(ids)
+
+    def _render_transcript(self, transcript: str) -> list[int]:
         if not self.transcript_special_tokens:
             return self._tokenize(transcript)[: self.max_length]
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
@@ -160,6 +175,18 @@ class SpeechCollator:
 
     def _chat(self, sample: Sample) -> tuple[list[int], list[int] | None]:
         """Token ids (one id per `<audio>`, not yet expanded) and labels of one chat sample."""
+        if self.inference:
+            return self._render_chat(sample)
+        key = (self.system_prompt, sample.prompt, sample.target)
+        memo = self._chat_ids.get(key)
+        if memo is None:
+            ids, labels = self._render_chat(sample)
+            memo = (tuple(ids), tuple(labels or ()))
+            if len(self._chat_ids) < SAMPLE_MEMO_SIZE:
+                self._chat_ids[key] = memo
+        return list(memo[0]), list(memo[1])
+
+    def _render_chat(self, sample: Sample) -> tuple[list[int], list[int] | None]:
         messages = self._messages(sample.prompt)
         key = (self.system_prompt, sample.prompt)
         prefix_ids = self._prompt_ids.get(key)

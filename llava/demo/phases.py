@@ -221,6 +221,48 @@ def run_phase(
     return out
 
 
+class OutputFollower:
+    """Moves a phase's progress bar from the output of the process doing the work.
+
+    With `bar`, tqdm counters "k/total [" whose total equals `bar.total` (the trainer's step bar) move
+    it; with `shards` (a pattern with groups shard, done, total), the bar shows the sum over shards of
+    their latest counts instead."""
+
+    def __init__(self, bar: tqdm | None = None, shards: re.Pattern | None = None) -> None:
+        self.bar, self.shards = bar, shards
+        self.pending = b""
+        self.latest: dict[str, tuple[int, int]] = {}
+
+    def feed(self, chunk: bytes) -> None:
+        bar = self.bar
+        if bar is None or not chunk:
+            return
+        # A counter can be split across two reads: keep a tail of the previous output.
+        self.pending = (self.pending + chunk)[-4096:]
+        text = self.pending.decode("utf-8", "replace")
+        if self.shards is not None:
+            for shard, k, total in self.shards.findall(text):
+                self.latest[shard] = (int(k), int(total))
+            if self.latest:
+                bar.total = max(bar.total or 0, sum(t for _, t in self.latest.values()))
+                bar.update(max(0, sum(k for k, _ in self.latest.values()) - bar.n))
+            return
+        counters = _COUNTER.findall(text)
+        steps = [int(k) for k, total in counters if bar.total and int(total) == bar.total]
+        if steps and steps[-1] > bar.n:
+            bar.update(steps[-1] - bar.n)
+
+
+def raise_failure(name: str, returncode: int, log_path: Path) -> None:
+    """The error for a process that exited with `returncode` != 0: `DivergedError` when its log shows
+    it stopped on non-finite losses, `PhaseError` (naming the phase, the log and its tail) otherwise."""
+    text = log_path.read_text(errors="replace")
+    if any(p in text for p in DIVERGENCE_PATTERNS):
+        last = [ln for ln in text.splitlines() if "non-finite" in ln][-1:]
+        raise DivergedError(f"non-finite losses (log: {log_path}) {last[0][-300:] if last else ''}".strip())
+    raise PhaseError(f"phase {name!r} failed (exit {returncode}); log: {log_path}\n{text[-2000:]}")
+
+
 def run_command(
     name: str,
     cmd: list[str],
@@ -229,45 +271,20 @@ def run_command(
     bar: tqdm | None = None,
     shards: re.Pattern | None = None,
 ) -> None:
-    """Run a subprocess with its output in `log_path`.
-
-    With `bar`, tqdm counters "k/total [" whose total equals `bar.total` (the trainer's step bar) move
-    it; with `shards` (a pattern with groups shard, done, total), the bar shows the sum over shards of
-    their latest counts instead. A failure raises `DivergedError` when the log shows the run stopped on
-    non-finite losses, `PhaseError` (naming the phase, the log and its tail) otherwise."""
+    """Run a subprocess with its output in `log_path`; `bar` and `shards` as in `OutputFollower`.
+    A failure raises as `raise_failure` says."""
     full_env = dict(os.environ, **(env or {}))
     full_env.setdefault("PYTHONUNBUFFERED", "1")
+    follower = OutputFollower(bar, shards)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env)
         assert proc.stdout is not None
-        pending = b""
-        latest: dict[str, tuple[int, int]] = {}
         while chunk := proc.stdout.read1(65536) if hasattr(proc.stdout, "read1") else proc.stdout.read(4096):
             log.write(chunk)
-            if bar is None:
-                continue
-            pending = (pending + chunk)[-4096:]
-            text = pending.decode("utf-8", "replace")
-            if shards is not None:
-                for shard, k, total in shards.findall(text):
-                    latest[shard] = (int(k), int(total))
-                if latest:
-                    bar.total = max(bar.total or 0, sum(t for _, t in latest.values()))
-                    bar.update(max(0, sum(k for k, _ in latest.values()) - bar.n))
-                continue
-            counters = _COUNTER.findall(text)
-            steps = [int(k) for k, total in counters if bar.total and int(total) == bar.total]
-            if steps and steps[-1] > bar.n:
-                bar.update(steps[-1] - bar.n)
+            follower.feed(chunk)
         returncode = proc.wait()
     if returncode != 0:
-        text = log_path.read_text(errors="replace")
-        if any(p in text for p in DIVERGENCE_PATTERNS):
-            last = [ln for ln in text.splitlines() if "non-finite" in ln][-1:]
-            raise DivergedError(
-                f"non-finite losses (log: {log_path}) {last[0][-300:] if last else ''}".strip()
-            )
-        raise PhaseError(f"phase {name!r} failed (exit {returncode}); log: {log_path}\n{text[-2000:]}")
+        raise_failure(name, returncode, log_path)
 
 
 def python() -> str:

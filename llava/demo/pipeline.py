@@ -36,6 +36,7 @@ from llava.demo.phases import (
     run_command,
     run_phase,
 )
+from llava.demo.script_runs import run_script
 from llava.demo.variants import FIX_WEIGHT, VARIANTS, Budget, Variant
 
 logger = logging.getLogger("llava.demo")
@@ -207,7 +208,7 @@ class Study:
         or ended with non-finite weights (every later step skipped), raises `DivergedError`."""
         bar = self.tracker.bar(name, steps, "step")
         try:
-            run_command(name, ["bash", str(script), *args], tmp / "train.log", env=env, bar=bar)
+            run_script(name, script, args, tmp / "train.log", env=env, bar=bar)
         finally:
             bar.close()
         info = _training_summary(tmp)
@@ -359,12 +360,14 @@ class Study:
         return write_report(self.out, runs, full, base, self.tracker, self.budget)
 
     def chains(self) -> list[tuple[str, int]]:
-        """The (variant, seed) chains of the study, seed by seed; a variant with `first_seeds` runs
-        on that many of the study's seeds only."""
+        """The (variant, seed) chains of the study in the order they start: seed by seed (the first
+        seed's chains decide the 100 % run), longest first within a seed (`Variant.chain_seconds`, so
+        the short ones fill the end). A variant with `first_seeds` runs on that many seeds only."""
+        longest_first = sorted(self.variants, key=lambda key: -VARIANTS[key].chain_seconds)
         return [
             (key, seed)
             for i, seed in enumerate(self.seeds)
-            for key in self.variants
+            for key in longest_first
             if not VARIANTS[key].first_seeds or i < VARIANTS[key].first_seeds
         ]
 

@@ -261,29 +261,33 @@ def test_paper_layout_system_turn_is_never_labelled(tok):
 
 
 def test_remembered_prompt_ids_equal_a_fresh_rendering(tok, monkeypatch):
-    """A collator renders each distinct prompt once; later batches (other targets and audio, a changed
-    system turn, inference) get exactly what a fresh collator builds, and the memo stays bounded."""
+    """A collator renders each distinct prompt once and each (prompt, target) chat once; later batches
+    (other targets and audio, a changed system turn, repeated samples, inference) get exactly what a
+    fresh collator builds, and the memos stay bounded."""
     import llava.dataset.collator as collator_mod
 
     monkeypatch.setattr(collator_mod, "PROMPT_MEMO_SIZE", 2)
+    monkeypatch.setattr(collator_mod, "SAMPLE_MEMO_SIZE", 3)
     prompts = ["transcribe the audio\n<audio>", "<audio>\ntranslate the audio", "what does <audio> say"]
     samples = [
         _sample(i, 0.3 + 0.1 * i, "the lazy dog" if i % 2 else "one two", prompts[i % 3]) for i in range(7)
     ]
-    reused = SpeechCollator(tok, n_tokens, max_length=512)
+    reused = SpeechCollator(tok, n_tokens, max_length=512, with_transcript=True)
     for system in (None, "be brief", None):
         reused.system_prompt = system
-        for batch in (samples[:3], samples[3:]):
+        for batch in (samples[:3], samples[3:], samples[:3]):
             got = reused(batch)
-            want = SpeechCollator(tok, n_tokens, max_length=512, system_prompt=system)(batch)
-            for key in ("input_ids", "labels", "attention_mask"):
+            want = SpeechCollator(tok, n_tokens, max_length=512, system_prompt=system, with_transcript=True)(batch)  # fmt: skip
+            assert got.keys() == want.keys()
+            for key in ("input_ids", "labels", "attention_mask", "text_input_ids", "text_attention_mask"):
                 assert torch.equal(got[key], want[key])
-    assert len(reused._prompt_ids) == 2  # bounded: the third prompt and the other system turns re-render
-    prompt_renders = []
+    # bounded: the third prompt, the other system turns and further samples re-render
+    assert len(reused._prompt_ids) == 2 and len(reused._chat_ids) == 3 and len(reused._transcript_memo) == 2
+    prompt_renders, chat_renders = [], []
     real = tok.apply_chat_template
 
     def counting(*args, **kwargs):
-        prompt_renders.extend([1] if kwargs.get("add_generation_prompt") else [])
+        (prompt_renders if kwargs.get("add_generation_prompt") else chat_renders).append(1)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(tok, "apply_chat_template", counting)
@@ -291,6 +295,7 @@ def test_remembered_prompt_ids_equal_a_fresh_rendering(tok, monkeypatch):
     fresh(samples[:2])
     fresh(samples[:2])
     assert len(prompt_renders) == 2  # each prompt once, not once per sample
+    assert len(chat_renders) == 2  # each sample's chat once, not once per epoch
     inference = SpeechCollator(tok, n_tokens, inference=True)
     first = inference(samples[:1])["input_ids"]
     assert torch.equal(inference(samples[:1])["input_ids"], first)  # the memo is not mutated by expansion

@@ -117,10 +117,21 @@ def test_default_run_has_every_variant_but_the_exploratory_one():
     assert VARIANTS["contr-cos-emb-spelled"].spelled_transcripts
 
 
+def test_chains_start_seed_by_seed_and_longest_first_within_a_seed(tmp_path):
+    keys = list(BUDGETS["default"].variants)
+    study = Study(tmp_path / "study", BUDGETS["default"], [0, 1], keys, progress=False)
+    chains = study.chains()
+    assert [seed for _, seed in chains] == sorted(seed for _, seed in chains)  # seed 0 decides the 100 % run
+    for seed in (0, 1):
+        costs = [VARIANTS[key].chain_seconds for key, s in chains if s == seed]
+        assert costs == sorted(costs, reverse=True) and min(costs) > 0
+    assert chains[0] == ("contr-cos-all+asr", 0) and chains[-1] == ("none", 1)
+
+
 def test_a_variant_limited_to_the_first_seeds_runs_only_there(tmp_path):
     keys = ["none", "pos-shift"]
     assert VARIANTS["pos-shift"].first_seeds == 1 and VARIANTS["none"].first_seeds == 0
     study = Study(tmp_path / "study", BUDGETS["default"], [3, 5, 7], keys, progress=False)
-    assert study.chains() == [("none", 3), ("pos-shift", 3), ("none", 5), ("none", 7)]
+    assert study.chains() == [("pos-shift", 3), ("none", 3), ("none", 5), ("none", 7)]
     # The progress tracker expects exactly those phases (pos-shift has no stage 2).
     assert study.tracker.plan["pretrain"] == 4 and study.tracker.plan["finetune"] == 3 + 1
