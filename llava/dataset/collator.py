@@ -365,7 +365,7 @@ class SpeechCollator:
         max_samples = max((len(a) for _, a in flat), default=0)
         audio_values = torch.zeros(len(flat), max_samples, dtype=torch.float32)  # [N, S]
         for i, (_, a) in enumerate(flat):
-            audio_values[i, : len(a)] = torch.from_numpy(np.asarray(a, dtype=np.float32))
+            audio_values.numpy()[i, : len(a)] = a  # a copy; `a` may be a read-only memoized waveform
         batch["audio_values"] = audio_values
         batch["audio_lengths"] = torch.tensor([len(a) for _, a in flat], dtype=torch.long)  # [N]
         batch["audio_sample_idx"] = torch.tensor([row for row, _ in flat], dtype=torch.long)  # [N]

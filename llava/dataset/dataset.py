@@ -169,6 +169,7 @@ class SpeechDataset(Dataset):
         instruction_sampling: str | None = None,
         no_punctuation: bool = False,
         keep_unreadable: bool = False,
+        audio_memo_mb: float = 0.0,
     ) -> SpeechDataset:
         """Build the dataset of one destination (train | eval | test) of a YAML data config.
 
@@ -176,6 +177,7 @@ class SpeechDataset(Dataset):
         load so unreadable/empty audio is skipped (and the real durations used) before training starts.
         `prompt_format` None takes the config's `PROMPT_FORMAT`, else "original". `keep_unreadable`
         (evaluation) keeps rows whose audio cannot be read: they come back as None when fetched.
+        `audio_memo_mb` keeps decoded waveforms in memory, up to that many MiB per source (0: off).
         """
         cfg = config if isinstance(config, DataConfig) else load_data_config(config)
         specs = cfg.for_destination(destination)
@@ -192,6 +194,7 @@ class SpeechDataset(Dataset):
                 need_word_boundaries=interleave_options is not None,
                 sampling_rate=sampling_rate,
                 keep_unreadable=keep_unreadable,
+                audio_memo_bytes=int(audio_memo_mb * 2**20),
             )
             for spec in specs
         ]

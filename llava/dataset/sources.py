@@ -133,6 +133,7 @@ class ParquetSource:
         need_word_boundaries: bool = False,
         sampling_rate: int = DEFAULT_SAMPLING_RATE,
         keep_unreadable: bool = False,
+        audio_memo_bytes: int = 0,
     ):
         self.spec = spec
         # Evaluation: rows whose audio cannot be read at load stay in (not counted as skipped); they
@@ -150,6 +151,10 @@ class ParquetSource:
         self.first_row = 0  # file row of slice row 0 (for ids)
         self.duration_mismatches = 0  # rows whose duration column disagreed with the audio
         self._cols: dict[str, pa.ChunkedArray] = {}
+        # Decoded waveforms kept for rows seen again (later epochs), up to `audio_memo_bytes`; read-only,
+        # so code that would change a shared waveform in place fails instead of corrupting it.
+        self._audio_memo: dict[int, np.ndarray] = {}
+        self._audio_memo_left = audio_memo_bytes
         self._load(need_word_boundaries, check_audio)
 
     # ------------------------------------------------------------------------- loading
@@ -413,7 +418,15 @@ class ParquetSource:
 
     def load_audio(self, k: int) -> np.ndarray:
         """Decoded float32 mono waveform of kept row k at `sampling_rate`; raises AudioDecodeError."""
-        return decode_audio(self._audio_value(int(self.rows[k])), self.sampling_rate, base_dir=self.base_dir)
+        wave = self._audio_memo.get(k)
+        if wave is not None:
+            return wave
+        wave = decode_audio(self._audio_value(int(self.rows[k])), self.sampling_rate, base_dir=self.base_dir)
+        if wave.nbytes <= self._audio_memo_left:
+            wave.flags.writeable = False
+            self._audio_memo[k] = wave
+            self._audio_memo_left -= wave.nbytes
+        return wave
 
     def row(self, k: int) -> dict[str, Any]:
         """The metadata of kept row k: logical field -> raw value (no audio, nothing decoded)."""

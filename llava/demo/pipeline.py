@@ -43,6 +43,11 @@ logger = logging.getLogger("llava.demo")
 REPO = Path(__file__).resolve().parents[2]
 
 
+# Decoded waveforms a training run keeps in memory (MiB per data source): the corpus's stage-1 audio is
+# 251 MiB decoded, and a stage-1 run sees each utterance about 5 times (decoding was ~7 % of a step).
+AUDIO_MEMO_MB = 512
+
+
 def _supported_training_flags() -> set[str]:
     """Flag names the training entry point accepts (newer options are used only when present)."""
     from llava.train.arguments import DataArguments, LossArguments, ModelArguments, TrainingArguments
@@ -192,6 +197,8 @@ class Study:
         ]  # fmt: skip
         if self._supports("audio_feature_cache"):
             args += ["--audio_feature_cache", str(self.cache_dir)]
+        if self._supports("audio_memo_mb"):
+            args += ["--audio_memo_mb", str(AUDIO_MEMO_MB)]
         return args
 
     def _layer_weights(self, base: Path) -> list[str]:

@@ -198,6 +198,10 @@ class DataArguments:
     batch_max_seconds: float = 0.0
     # Turn every skipped bad sample into an error.
     strict_data: bool = False
+    # Keep decoded training waveforms in memory, up to this many MiB per data source and process
+    # (0: off), so a sample seen again in a later epoch is not decoded again. For CPU runs whose
+    # steps wait on decoding (the demo); each dataloader worker keeps its own.
+    audio_memo_mb: float = 0.0
     # Cap on evaluation samples of each validation set (each named eval partition; 0 = all).
     max_eval_samples: int = 0
     # Prompt layout (llava.dataset.prompts.PROMPT_FORMATS): original (the paper's: fixed system turn,

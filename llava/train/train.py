@@ -146,6 +146,7 @@ def build_datasets(
         interleave_options=interleave,
         sampling_rate=sampling_rate,
         strict=data_args.strict_data,
+        audio_memo_mb=data_args.audio_memo_mb,
         **text_options,
     )
     eval_ds = None

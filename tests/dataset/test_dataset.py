@@ -418,3 +418,43 @@ def test_original_configs_load_unchanged(tmp_path, monkeypatch):
     ds = SpeechDataset.from_config(mix_and_meta, "train")
     assert Counter(ds.task_name(i) for i in range(len(ds))) == {"ASR": 3, "ST": 8, "SQA": 1, "META": 4}
     assert all(ds[i] is not None for i in range(len(ds)))
+
+
+def test_memoized_audio_equals_a_fresh_decode_and_stays_within_its_budget(corpus, tiny_tokenizer, monkeypatch):
+    """With `audio_memo_mb`, a row seen again is not decoded again; samples, interleaved segments and
+    collated batches equal those of a dataset without the memo; a bad row still fails (and is counted)
+    every time; the memo stops at its byte budget; a memoized waveform cannot be changed in place."""
+    import llava.dataset.sources as sources_mod
+
+    decodes = []
+    real = sources_mod.decode_audio
+    monkeypatch.setattr(sources_mod, "decode_audio", lambda *a, **k: decodes.append(1) or real(*a, **k))
+    add_audio_token(tiny_tokenizer)
+    collator = SpeechCollator(tiny_tokenizer, lambda n: max(1, n // 1600), with_transcript=True)
+    plain = SpeechDataset.from_config(corpus, "train", seed=1)
+    memo = SpeechDataset.from_config(corpus, "train", seed=1, audio_memo_mb=1.0)
+    order = [i for i in range(len(memo)) if i != 7] * 2  # every row twice (two epochs)
+    for i in order:
+        want, got = plain[i], memo[i]
+        assert np.array_equal(got["audio"], want["audio"]) and got["prompt"] == want["prompt"]
+    decodes.clear()
+    for i in order:
+        memo[i]
+    assert not decodes  # all decoded waveforms fit 1 MiB: nothing decoded again
+    batch, want = collator([memo[i] for i in order[:6]]), collator([plain[i] for i in order[:6]])
+    assert all(np.array_equal(batch[k], want[k]) for k in want if k != "meta")
+    decodes.clear()
+    assert memo[7] is None and memo[7] is None and len(decodes) == 2  # a bad row is never memoized
+    assert memo.skips.as_dict() == {"non_finite_audio": 1}
+    with pytest.raises(ValueError, match="read-only"):  # a waveform shared by later reads
+        memo[0]["audio"][0] = 1.0
+    interleaved = [SpeechDataset.from_config(corpus, "eval", interleave_options=InterleaveOptions(seed=0), audio_memo_mb=m) for m in (0, 1)]  # fmt: skip
+    for _ in range(2):
+        a, b = interleaved[0][3]["segments"], interleaved[1][3]["segments"]
+        assert [k for k, _ in a] == [k for k, _ in b]
+        assert all(np.array_equal(x, y) if k == "audio" else x == y for (k, x), (_, y) in zip(a, b))
+    # A budget smaller than one waveform keeps nothing, and every read decodes again.
+    tiny = SpeechDataset.from_config(corpus, "train", seed=1, audio_memo_mb=1e-6)
+    decodes.clear()
+    tiny[0], tiny[0]
+    assert len(decodes) == 2 and not any(src._audio_memo for src in tiny.sources)
