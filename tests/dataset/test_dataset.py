@@ -420,7 +420,9 @@ def test_original_configs_load_unchanged(tmp_path, monkeypatch):
     assert all(ds[i] is not None for i in range(len(ds)))
 
 
-def test_memoized_audio_equals_a_fresh_decode_and_stays_within_its_budget(corpus, tiny_tokenizer, monkeypatch):
+def test_memoized_audio_equals_a_fresh_decode_and_stays_within_its_budget(
+    corpus, tiny_tokenizer, monkeypatch
+):
     """With `audio_memo_mb`, a row seen again is not decoded again; samples, interleaved segments and
     collated batches equal those of a dataset without the memo; a bad row still fails (and is counted)
     every time; the memo stops at its byte budget; a memoized waveform cannot be changed in place."""
