@@ -172,10 +172,21 @@ class Tracker:
         )
 
 
+# CPU seconds of finished runs this process had forked by a fork server (children of the server, so
+# not in this process's RUSAGE_CHILDREN); reported by the runs themselves (llava.demo.script_runs).
+_FORKED_CPU_SECONDS = 0.0
+
+
+def add_forked_cpu_seconds(seconds: float) -> None:
+    global _FORKED_CPU_SECONDS
+    _FORKED_CPU_SECONDS += seconds
+
+
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished child processes."""
+    """User + system CPU time of this process, of its finished child processes and of the finished runs
+    it had forked elsewhere."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime + _FORKED_CPU_SECONDS
 
 
 def run_phase(

@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import resource
 import shlex
 import subprocess
 import sys
 import time
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from llava.demo.phases import OutputFollower, raise_failure, run_command
+from llava.demo.phases import OutputFollower, add_forked_cpu_seconds, raise_failure, run_command
 
 ENTRY = ("python", "-m", "llava.train.train")  # the command a script runs on one CPU process
 PRELOAD = ["llava.train.train"]  # imported once by the fork server
@@ -66,9 +68,12 @@ def run_script(
     if argv is None or tuple(argv[:3]) != ENTRY:
         run_command(name, ["bash", str(script), *args], log_path, env=env, bar=bar)
         return
-    proc = _fork_server().Process(target=_run_entry, args=(argv[3:], str(log_path), env), name=name)
+    ctx = _fork_server()
+    receive, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_run_entry, args=(argv[3:], str(log_path), env, send), name=name)
     log_path.touch()
     proc.start()
+    send.close()
     follower = OutputFollower(bar)
     try:
         with open(log_path, "rb") as log:
@@ -83,6 +88,9 @@ def run_script(
         if proc.is_alive():  # this process is being interrupted: take the run down with it
             proc.terminate()
             proc.join()
+    if receive.poll():  # the run's CPU time: it is not a child of this process
+        add_forked_cpu_seconds(receive.recv())
+    receive.close()
     if proc.exitcode != 0:
         raise_failure(name, proc.exitcode if proc.exitcode is not None else -1, log_path)
 
@@ -96,8 +104,18 @@ def _fork_server() -> mp.context.BaseContext:
     return _context
 
 
-def _run_entry(argv: list[str], log_path: str, env: dict[str, str]) -> None:
-    """In the forked child: what `python -m llava.train.train *argv` would do, output to `log_path`."""
+def _run_entry(argv: list[str], log_path: str, env: dict[str, str], report: Connection) -> None:
+    """In the forked child: what `python -m llava.train.train *argv` would do, output to `log_path`;
+    its CPU seconds are sent on `report` at the end, whether it succeeded or not."""
+    try:
+        _entry(argv, log_path, env)
+    finally:
+        use = resource.getrusage(resource.RUSAGE_SELF)
+        report.send(use.ru_utime + use.ru_stime)
+        report.close()
+
+
+def _entry(argv: list[str], log_path: str, env: dict[str, str]) -> None:
     fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     sys.stdout.flush()
     sys.stderr.flush()

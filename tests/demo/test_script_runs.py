@@ -11,7 +11,7 @@ import pytest
 from tqdm.auto import tqdm
 
 from llava.demo import script_runs
-from llava.demo.phases import DivergedError, PhaseError
+from llava.demo.phases import DivergedError, PhaseError, cpu_seconds
 from llava.demo.script_runs import ENTRY, FRESH_ENV, run_script, script_command
 from llava.model.checkpoint import read_weights
 from tests.helpers import TINY_PROJECTOR_FLAGS
@@ -59,10 +59,13 @@ def test_a_forked_run_trains_what_a_fresh_process_trains(tmp_path, tiny_base_dir
         out = tmp_path / mode
         out.mkdir()
         bars[mode] = tqdm(total=3, file=io.StringIO())
+        cpu = cpu_seconds()
         run_script(
             mode, PRETRAIN_ASR, args, out / "train.log", _env(tiny_base_dirs, tiny_corpus, out), bars[mode]
         )
         weights[mode] = read_weights(out)
+        # The run's CPU time is counted for this process's phase, forked by the server or not.
+        assert cpu_seconds() - cpu > 1.0
         assert "trainable weights saved" in (out / "train.log").read_text()  # the run's output is in its log
     assert script_runs._context is not None  # the forked mode went through the server
     assert weights["forked"].keys() == weights["fresh"].keys()
