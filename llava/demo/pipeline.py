@@ -355,9 +355,13 @@ class Study:
             return [] if key is None else [(self._full_data, (key, base, corpus))]
 
         chains, extra = run_parallel(self._chain, jobs, self.workers, follow_up=full_data_job)
+        by_chain = {(key, seed): dirs for (key, seed, _, _), dirs in zip(jobs, chains)}
+        # Tables and plots list the variants in the study's order, whatever order the chains ran in.
         runs: dict[int, dict[str, dict[str, Path]]] = {}
-        for (key, seed, _, _), dirs in zip(jobs, chains):
-            runs.setdefault(seed, {})[key] = dirs
+        for seed in self.seeds:
+            for key in self.variants:
+                if (key, seed) in by_chain:
+                    runs.setdefault(seed, {})[key] = by_chain[key, seed]
         full = extra[0] if extra else None
         for name, kind, seconds in self.tracker.finished():  # phases finished in workers or earlier runs
             if name not in self.tracker.timings:

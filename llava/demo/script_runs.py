@@ -9,7 +9,7 @@ entry point runs in a child forked from a server that imported it once (`multipr
 forkserver). Every run still gets a process of its own, as fresh as a new interpreter except for the
 modules already imported; the server itself never runs a tensor operation, so no thread pool or lock
 is copied into a child. Any other command (torchrun, DeepSpeed, a quoting the parser cannot read)
-runs the script as a subprocess.
+runs the script as a subprocess, as does every run where there is no fork server (Windows).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def run_script(
     """Run `bash script args` with `env` (added to this process's), its output in `log_path` and its
     step counter moving `bar`; in a forked pre-imported process when the script runs the plain
     entry point. Failures raise as `llava.demo.phases.raise_failure` says."""
-    argv = None if os.environ.get(FRESH_ENV) else script_command(script, args, env)
+    forkable = "forkserver" in mp.get_all_start_methods() and not os.environ.get(FRESH_ENV)
+    argv = script_command(script, args, env) if forkable else None
     if argv is None or tuple(argv[:3]) != ENTRY:
         run_command(name, ["bash", str(script), *args], log_path, env=env, bar=bar)
         return
