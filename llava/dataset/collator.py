@@ -66,6 +66,17 @@ class _Overflow(Exception):
     """A sequence that cannot be truncated to max_length without cutting into its audio."""
 
 
+def _remembered(memo: dict, key: Any, limit: int, compute: Callable[[], Any]) -> Any:
+    """`memo[key]`, computed and kept on first use while the memo holds fewer than `limit` entries.
+    Callers copy what they return, so a kept value is never changed."""
+    value = memo.get(key)
+    if value is None:
+        value = compute()
+        if len(memo) < limit:
+            memo[key] = value
+    return value
+
+
 class SpeechCollator:
     """Builds the Batch of docs/architecture.md from a list of Samples (None entries are dropped)."""
 
@@ -145,8 +156,8 @@ class SpeechCollator:
         # Token ids of each (system turn, user turn) prompt seen: a task's prompts repeat across its
         # samples, and rendering the chat template is most of the per-sample cost of a chat batch.
         self._prompt_ids: dict[tuple[str | None, str], list[int]] = {}
-        self._chat_ids: dict[tuple[str | None, str, str], tuple[tuple[int, ...], tuple[int, ...]]] = {}
-        self._transcript_memo: dict[tuple[bool, int, str], tuple[int, ...]] = {}
+        self._chat_ids: dict[tuple[str | None, str, str], tuple[list[int], list[int] | None]] = {}
+        self._transcript_memo: dict[tuple[bool, int, str], list[int]] = {}
 
     # ------------------------------------------------------------------------- tokenization
     def _tokenize(self, text: str) -> list[int]:
@@ -155,11 +166,9 @@ class SpeechCollator:
     def _transcript_ids(self, transcript: str) -> list[int]:
         """The contrastive text side: transcript tokens, optionally between BOS and EOS."""
         key = (self.transcript_special_tokens, self.max_length, transcript)
-        ids = self._transcript_memo.get(key)
-        if ids is None:
-            ids = tuple(self._render_transcript(transcript))
-            if len(self._transcript_memo) < SAMPLE_MEMO_SIZE:
-                self._transcript_memo[key] = ids
+        ids = _remembered(
+            self._transcript_memo, key, SAMPLE_MEMO_SIZE, lambda: self._render_transcript(transcript)
+        )
         return list(ids)
 
     def _render_transcript(self, transcript: str) -> list[int]:
@@ -178,23 +187,20 @@ class SpeechCollator:
         if self.inference:
             return self._render_chat(sample)
         key = (self.system_prompt, sample.prompt, sample.target)
-        memo = self._chat_ids.get(key)
-        if memo is None:
-            ids, labels = self._render_chat(sample)
-            memo = (tuple(ids), tuple(labels or ()))
-            if len(self._chat_ids) < SAMPLE_MEMO_SIZE:
-                self._chat_ids[key] = memo
-        return list(memo[0]), list(memo[1])
+        ids, labels = _remembered(self._chat_ids, key, SAMPLE_MEMO_SIZE, lambda: self._render_chat(sample))
+        return list(ids), list(labels or ())
 
     def _render_chat(self, sample: Sample) -> tuple[list[int], list[int] | None]:
         messages = self._messages(sample.prompt)
-        key = (self.system_prompt, sample.prompt)
-        prefix_ids = self._prompt_ids.get(key)
-        if prefix_ids is None:
-            prefix = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-            prefix_ids = self._tokenize(prefix)
-            if len(self._prompt_ids) < PROMPT_MEMO_SIZE:  # per-sample prompts (SQA questions) stay bounded
-                self._prompt_ids[key] = prefix_ids
+        # Bounded: per-sample prompts (SQA questions) re-render once the memo is full.
+        prefix_ids = _remembered(
+            self._prompt_ids,
+            (self.system_prompt, sample.prompt),
+            PROMPT_MEMO_SIZE,
+            lambda: self._tokenize(
+                self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            ),
+        )
         if self.inference:
             return list(prefix_ids), None
         full = self.tokenizer.apply_chat_template(
