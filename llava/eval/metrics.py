@@ -13,7 +13,11 @@ Two word error rates, each named for what it is:
   ``ToLowerCase``, ``RemovePunctuation`` (deletes every Unicode punctuation character, category ``P*``,
   so "don't" -> "dont" and "well-known" -> "wellknown"), ``Strip``, ``RemoveMultipleSpaces``; then the
   WER of each utterance, and their mean. An utterance whose reference is empty after this scores 0
-  when its hypothesis is empty too and 100 otherwise (counted in ``num_empty_refs``).
+  when its hypothesis is empty too and 100 otherwise (counted in ``num_empty_refs``). A mean of
+  per-utterance rates is unbounded per utterance: one reply that runs on (a 4-word reference, a
+  50-word hypothesis) adds as much as a dozen wrong ones, so ``num_over_100`` counts the utterances
+  whose WER exceeds 100 % (more edits than reference words: a reply that ran on or answered
+  something else), the figure that tells such a case from uniformly poor transcripts.
 
 ``wer_corpus``: total word edits / total reference words over the test set, after our
   normalisation (``normalize_for_wer``):
@@ -155,7 +159,8 @@ def asr_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
     Returns ``wer_paper`` (the paper's: mean of per-utterance WERs, its normalisation),
     ``wer_corpus`` (total edits / total reference words, our normalisation), the corpus WER's
     ``substitutions``, ``deletions``, ``insertions``, ``hits``, ``ref_words``, and ``num_utterances``,
-    ``num_empty_refs`` (empty references after the paper's normalisation).
+    ``num_empty_refs`` (empty references after the paper's normalisation), ``num_over_100``
+    (utterances whose paper WER exceeds 100 %).
     """
     _check_lengths(hyps, refs, "ASR")
     per_utt, num_empty = _per_utterance_wers(
@@ -172,6 +177,7 @@ def asr_scores(hyps: Sequence[str], refs: Sequence[str]) -> dict[str, Any]:
         "ref_words": int(out.hits + out.substitutions + out.deletions),
         "num_utterances": len(per_utt),
         "num_empty_refs": num_empty,
+        "num_over_100": sum(w > 1.0 for w in per_utt),
     }
 
 

@@ -52,6 +52,16 @@ def test_asr_hand_computed():
     assert out["wer_corpus"] == pytest.approx(100 * 3 / 9)
     assert out["wer_paper"] == pytest.approx(100 * (2 / 6 + 0 + 1) / 3)
     assert out["num_utterances"] == 3 and out["num_empty_refs"] == 0
+    assert out["num_over_100"] == 0  # "yes yes" is exactly 100 %, not over
+
+
+def test_asr_counts_replies_that_run_on():
+    refs = ["Karl works in Lisbon.", "The cat sat.", "Tom reads."]
+    hyps = ["Karl works as a driver in Lisbon and keeps a bed", "the cat sat", "a b c"]
+    out = asr_scores(hyps, refs)
+    # utt 1: 4 reference words, 7 inserted -> 175 %; utt 3: 2 substitutions + 1 insertion -> 150 %.
+    assert out["num_over_100"] == 2
+    assert out["wer_paper"] == pytest.approx(100 * (7 / 4 + 0 + 3 / 2) / 3)
 
 
 def test_asr_matches_jiwer_and_manual_loop():

@@ -203,7 +203,7 @@ def text_topline(model, tokenizer, items: Sequence[TaskText], prompts: PromptBan
     "exact_match", ...}}` (the evaluation's scorers, percent) plus an example reply per task.
     """
     from llava.demo.base_models.llm import generate_replies
-    from llava.eval.metrics import asr_scores, squad_scores, st_scores
+    from llava.eval.metrics import asr_scores, squad_scores, st_scores, wer_paper
 
     prompts = prompts or PromptBank.load()
     scorers = {"ASR": asr_scores, "ST": st_scores, "SQA": squad_scores}
@@ -220,6 +220,13 @@ def text_topline(model, tokenizer, items: Sequence[TaskText], prompts: PromptBan
         keep = {k: v for k, v in scores.items() if isinstance(v, (int, float, str))}
         if task == "ASR":  # the paper's WER (mean of per-utterance WERs), under its current or former key
             keep["paper_wer"] = scores.get("wer_paper", scores.get("wer_utt_mean"))
+            # A mean of per-utterance WERs can hinge on one reply that runs on: name the worst one.
+            worst = max(range(len(refs)), key=lambda i: wer_paper([replies[i]], [refs[i]]))
+            keep["worst"] = {
+                "ref": refs[worst],
+                "hyp": replies[worst],
+                "wer": round(wer_paper([replies[worst]], [refs[worst]]), 1),
+            }
         keep["example"] = {"prompt": convs[0][-1]["content"], "ref": refs[0], "hyp": replies[0]}
         out[task] = keep
     return out

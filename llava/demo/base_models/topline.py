@@ -24,12 +24,23 @@ def toplines(
     per_split: int | None = None,
     seed: int = 42,
 ) -> dict:
-    """`{split: {"words": {...}, "spelled": {...}}}`, each a `topline_summary` (repeat WER, BLEU, SQA F1).
+    """`{split: {"words": {...}, "spelled": {...}, "words_repeat": {...}}}`: `words` and `spelled` are
+    `topline_summary`s (repeat WER, BLEU, SQA F1); `words_repeat` details the repeat task with words
+    (corpus WER, replies over 100 % WER, the worst reply), since one reply that runs on moves a mean
+    of per-utterance WERs by several points.
 
     `per_split` limits the items per task (None: all); `seed` fixes the spelled forms' random doubling.
     """
     out = saved_toplines(llm_dir, corpus, per_split, seed, splits)
-    return {s: {"words": out["text_topline_summary"][s], "spelled": out["spelled_topline"][s]} for s in splits}  # fmt: skip
+    details = ("wer_corpus", "num_over_100", "num_utterances", "worst")
+    return {
+        s: {
+            "words": out["text_topline_summary"][s],
+            "spelled": out["spelled_topline"][s],
+            "words_repeat": {k: out["text_topline"][s]["ASR"].get(k) for k in details},
+        }
+        for s in splits
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

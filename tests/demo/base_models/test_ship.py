@@ -109,3 +109,8 @@ def test_topline_command_reproduces_the_builds_own_figures(smoke, capsys):
     for split in ("dev", "test"):
         assert result[split]["spelled"] == recorded["spelled_topline"][split]
     assert result["test"]["words"] == recorded["text_topline_test"]
+    for split in ("dev", "test"):  # the repeat task's details agree with its mean
+        rep, mean = result[split]["words_repeat"], result[split]["words"]["repeat_wer"]
+        assert rep["num_utterances"] == 4
+        assert rep["worst"]["wer"] >= mean - 0.05  # the worst utterance is at least the mean
+        assert (rep["num_over_100"] > 0) == (rep["worst"]["wer"] > 100)
