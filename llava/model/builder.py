@@ -251,7 +251,9 @@ def _wrap_lora(module: torch.nn.Module, settings: LoraSettings, task_type: str |
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=targets,
+        # peft reads its "all-linear" shorthand only as a plain string; a one-item list is taken as a
+        # module name that no model has.
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
         bias=settings.bias,
         use_rslora=settings.use_rslora,
         task_type=task_type,

@@ -111,6 +111,19 @@ def test_lora_settings_per_component(tiny_base_dirs):
     assert model.config.lora["encoder"]["target_modules"] == ["k_proj"]
 
 
+def test_lora_all_linear_adapts_every_linear_layer_but_the_output_head(tiny_base_dirs):
+    model, _ = build_model(*map(str, tiny_base_dirs), projector_config=QFORMER)
+    linear = {
+        n.rsplit(".", 1)[-1]
+        for n, m in model.language_model.named_modules()
+        if isinstance(m, torch.nn.Linear) and "layers." in n
+    }
+    apply_training_mode(model, lora_llm=LoraSettings(r=2, target_modules="all-linear"))
+    adapted = _lora_modules(model.language_model)
+    assert {n.rsplit(".", 1)[-1] for n in adapted} == linear  # q, k, v, o, gate, up, down
+    assert len(linear) == 7 and not any(n.endswith("lm_head") for n in adapted)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
