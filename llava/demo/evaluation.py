@@ -34,16 +34,31 @@ def pick_score(scores: dict, keys: tuple[str, ...]) -> float | None:
     return None
 
 
-def _load_projector(model: Any, ckpt: Path) -> None:
+def load_stage_weights(model: Any, ckpt: Path) -> None:
+    """Put the trainable weights of a stage-1 or stage-2 checkpoint into `model`: the projector and,
+    when the model carries LoRA adapters, theirs. A checkpoint without adapter weights (the stage-1
+    projector, step 0 of the curve) switches the adapters off: every LoRA B matrix is zeroed, which is
+    the model before stage 2 (LoRA starts from B = 0)."""
+    import torch
+
     from llava.model.checkpoint import load_into, read_weights
 
-    names = [n for n, _ in model.named_parameters() if n.startswith("projector.")]
+    params = dict(model.named_parameters())
+    lora = [n for n in params if ".lora_" in n]
+    weights = read_weights(ckpt)
+    has_lora = any(n in weights for n in lora)
+    names = [n for n in params if n.startswith("projector.")] + (lora if has_lora else [])
     try:
-        load_into(model, read_weights(ckpt, prefix="projector."), source=str(ckpt), expected=names)
+        load_into(model, {k: v for k, v in weights.items() if k in names}, source=str(ckpt), expected=names)
     except ValueError as exc:
         if "non-finite" in str(exc):
             raise DivergedError(str(exc)) from exc
         raise
+    if not has_lora:
+        with torch.no_grad():
+            for n in lora:
+                if ".lora_B." in n:
+                    params[n].zero_()
 
 
 def evaluate_run(
@@ -108,7 +123,7 @@ def evaluate_run(
             ckpt = (
                 pretrained if step == 0 else finetuned if step == steps else finetuned / f"checkpoint-{step}"
             )
-            _load_projector(model, ckpt)
+            load_stage_weights(model, ckpt)
             curve[step] = dev_nll(model, batches, on_batch=bar.update)
             lap("dev nll")
     finally:

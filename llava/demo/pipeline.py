@@ -275,6 +275,7 @@ class Study:
             from llava.demo.curves import curve_every
 
             args = self._train_args(2, steps, seed, self.budget.finetune_learning_rate, variant)
+            args += self.budget.finetune_lora_flags()
             every = curve_every(steps, self.budget.curve_points)
             args += ["--save_strategy", "steps", "--save_steps", str(every), "--save_total_limit", "1000"]
             env_extra: dict[str, str] = {}

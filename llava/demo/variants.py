@@ -44,6 +44,18 @@ class Variant:
     # one worker running a long chain while the other waits.
     chain_seconds: float = 0.0
 
+    def finetune_lora_flags(self) -> list[str]:
+        """The stage-2 training flags of `finetune_lora` (none when it is empty)."""
+        if not self.finetune_lora:
+            return []
+        known = {"r", "alpha", "dropout", "target_modules", "bias", "use_rslora"}
+        unknown = sorted(set(self.finetune_lora) - known)
+        if unknown:
+            raise ValueError(f"Budget.finetune_lora: {unknown} are not LoRA settings; known: {sorted(known)}")
+        return ["--lora_enable", "True"] + [
+            x for k, v in self.finetune_lora.items() for x in (f"--lora_{k}", str(v))
+        ]
+
     def projector_options(self) -> dict:
         """`projector_flags` as projector settings (for building a model in-process)."""
         names = {"--projector_output_norm": "output_norm"}
@@ -124,6 +136,10 @@ class Budget:
     full_data_steps: int  # stage-2 steps of the 100 % run (0: no such run)
     max_new_tokens: int = 48
     finetune_batch_size: int = 0  # stage 2 (and the 100 % run); 0 = batch_size
+    # LoRA on the LLM in stage 2 (and the 100 % run): {} trains the projector alone (the paper
+    # scripts' default); else `--lora_<name>` settings, e.g. {"r": 32, "alpha": 64, "target_modules":
+    # "all-linear"}.
+    finetune_lora: dict = field(default_factory=dict)
     fill_cache: bool = True  # encode the corpus into the feature cache up front, one process per core
     seeds: int = 3  # training seeds per variant unless --seeds says otherwise
     variants: tuple[str, ...] = ()  # variants run unless --variants says otherwise (empty: all)
@@ -146,6 +162,18 @@ class Budget:
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         return (self.finetune_batch_size or self.batch_size) if stage == 2 else self.batch_size
+
+    def finetune_lora_flags(self) -> list[str]:
+        """The stage-2 training flags of `finetune_lora` (none when it is empty)."""
+        if not self.finetune_lora:
+            return []
+        known = {"r", "alpha", "dropout", "target_modules", "bias", "use_rslora"}
+        unknown = sorted(set(self.finetune_lora) - known)
+        if unknown:
+            raise ValueError(f"Budget.finetune_lora: {unknown} are not LoRA settings; known: {sorted(known)}")
+        return ["--lora_enable", "True"] + [
+            x for k, v in self.finetune_lora.items() for x in (f"--lora_{k}", str(v))
+        ]
 
     def projector_options(self) -> dict:
         """The projector settings (for in-process model building with `projector_type`)."""
