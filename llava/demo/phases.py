@@ -12,6 +12,7 @@ study's elapsed time with an estimate of what is left.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,6 +60,20 @@ def is_done(path: Path) -> bool:
 def phase_info(path: Path) -> dict:
     """The DONE.json of a finished phase ({} when the phase has not finished)."""
     return json.loads((path / MARKER).read_text()) if is_done(path) else {}
+
+
+def _as_json(settings: dict) -> dict:
+    """`settings` as its JSON form (tuples become lists), the form DONE.json stores and compares."""
+    return json.loads(json.dumps(settings, sort_keys=True, default=str))
+
+
+def settings_digest(path: Path) -> str | None:
+    """A short hash of the settings a finished phase ran under (None when it recorded none): a later
+    phase that reads its output names it in its own settings, so it re-runs when this one did."""
+    recorded = phase_info(path).get("settings")
+    if recorded is None:
+        return None
+    return hashlib.sha256(json.dumps(recorded, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def diverged(path: Path) -> bool:
@@ -195,17 +210,23 @@ def run_phase(
     work: Callable[[Path], dict | None],
     tracker: Tracker,
     kind: str | None = None,
+    settings: dict | None = None,
 ) -> Path:
     """Run `work(tmp_dir)` unless `out` is already complete; returns `out`.
 
     `work` returns extra fields for DONE.json ("summary": a headline for the log line). A
-    `DivergedError` from `work` finishes the phase with status "diverged" and the error's message."""
+    `DivergedError` from `work` finishes the phase with status "diverged" and the error's message.
+    `settings` (JSON-able: the run's arguments, the settings digests of the phases it reads) are
+    recorded in DONE.json; a finished phase is reused only under the same settings, so a re-run with
+    another budget redoes what the change touches instead of reporting stale results."""
     kind = kind or name
     if is_done(out):
         info = phase_info(out)
-        tracker.record(name, kind, info.get("seconds", 0.0))
-        tracker.summary(name, info.get("seconds", 0.0), info, reused=True)
-        return out
+        if settings is None or info.get("settings") == _as_json(settings):
+            tracker.record(name, kind, info.get("seconds", 0.0))
+            tracker.summary(name, info.get("seconds", 0.0), info, reused=True)
+            return out
+        logger.info("[%s] finished under other settings: running it again", name)
     if STOP_REQUESTED():
         raise StopRequested(f"[{name}] not started: the study is stopping")
     tmp = out.with_name(out.name + ".partial")
@@ -223,6 +244,8 @@ def run_phase(
     # CPU time (this process and the runs it waited for): the cost on an otherwise idle machine,
     # whatever else shared the cores while the study ran.
     info = {"seconds": seconds, "cpu_seconds": cpu_seconds() - cpu0, "status": "ok", **extra}
+    if settings is not None:
+        info["settings"] = _as_json(settings)
     (tmp / MARKER).write_text(json.dumps(info, indent=2) + "\n")
     if out.exists():
         shutil.rmtree(out)

@@ -35,6 +35,7 @@ from llava.demo.phases import (
     python,
     run_command,
     run_phase,
+    settings_digest,
 )
 from llava.demo.script_runs import run_script
 from llava.demo.variants import FIX_WEIGHT, VARIANTS, Budget, Variant
@@ -227,20 +228,35 @@ class Study:
             )
         return info
 
+    def _portable(self, args: list[str]) -> list[str]:
+        """`args` with this study's directory written as `<out>`: a moved study keeps its phases."""
+        root = str(self.out)
+        return [a.replace(root, "<out>") for a in args]
+
     def pretrain(self, key: str, seed: int, base: Path, corpus: Path) -> Path:
         variant = VARIANTS[key]
         name = f"seed{seed}/pretrain/{key}"
-
-        def work(tmp: Path) -> dict | None:
-            if variant.script is None:
-                self._random_projector(base, tmp, seed, variant)
-                return {"summary": "random projector"}
+        args: list[str] = []
+        if variant.script is not None:
             args = self._train_args(1, self.budget.pretrain_steps, seed, self.budget.learning_rate, variant)
             args += ["--save_strategy", "no", *variant.stage1_flags]
             if variant.log_grad_norms and self._supports("log_term_grad_norms"):
                 args += ["--log_term_grad_norms", "True"]
             if variant.fix_weights:
                 args += self._layer_weights(base)
+            settings = {"script": variant.script, "data": variant.data, "args": self._portable(args)}
+        else:
+            settings = {
+                "random projector": self.budget.projector_type,
+                "options": {**self.budget.projector_options(), **variant.projector_options()},
+                "seed": seed,
+            }
+        settings["corpus"] = self.budget.corpus_size
+
+        def work(tmp: Path) -> dict | None:
+            if variant.script is None:
+                self._random_projector(base, tmp, seed, variant)
+                return {"summary": "random projector"}
             if variant.spelled_transcripts:
                 write_spelled_asr(corpus)  # derived from the corpus on first use
             env = self._env(base, corpus / "configs" / variant.data, tmp)
@@ -248,7 +264,7 @@ class Study:
             info = self._train(name, script, args, env, tmp, self.budget.pretrain_steps)
             return {**info, "script": script.name, "args": args}
 
-        return run_phase(name, self.out / name, work, self.tracker, kind="pretrain")
+        return run_phase(name, self.out / name, work, self.tracker, kind="pretrain", settings=settings)
 
     def _random_projector(self, base: Path, out: Path, seed: int, variant: Variant) -> None:
         """The "no pretraining" starting point, saved like any stage-1 checkpoint (stage 2 of this
@@ -267,29 +283,30 @@ class Study:
         save_trainable(apply_training_mode(model), out)
 
     def finetune(self, key: str, seed: int, base: Path, corpus: Path, pretrained: Path, full: bool = False) -> Path:  # fmt: skip
+        from llava.demo.curves import curve_every
+
         variant = VARIANTS[key]
         name = f"full_data/{key}/finetune" if full else f"seed{seed}/finetune/{key}"
         steps = self.budget.full_data_steps if full else self.budget.finetune_steps
+        args = self._train_args(2, steps, seed, self.budget.finetune_learning_rate, variant)
+        args += self.budget.finetune_lora_flags()
+        every = curve_every(steps, self.budget.curve_points)
+        args += ["--save_strategy", "steps", "--save_steps", str(every), "--save_total_limit", "1000"]
+        env_extra: dict[str, str] = {}
+        if variant.script is None:
+            script = "finetune_no_pretraining_100%"
+            args += ["--data_subset", "1.0" if full else "0.1"]  # the same subset as every variant
+        else:
+            script = "finetune_mixed_tasks_100%" if full else "finetune_mixed_tasks_10%"
+            env_extra["PRETRAINED_PROJECTOR"] = str(pretrained)
+        settings = {"script": script, "args": self._portable(args), "stage 1": settings_digest(pretrained)}
 
         def work(tmp: Path) -> dict:
-            from llava.demo.curves import curve_every
-
-            args = self._train_args(2, steps, seed, self.budget.finetune_learning_rate, variant)
-            args += self.budget.finetune_lora_flags()
-            every = curve_every(steps, self.budget.curve_points)
-            args += ["--save_strategy", "steps", "--save_steps", str(every), "--save_total_limit", "1000"]
-            env_extra: dict[str, str] = {}
-            if variant.script is None:
-                script = "finetune_no_pretraining_100%"
-                args += ["--data_subset", "1.0" if full else "0.1"]  # the same subset as every variant
-            else:
-                script = "finetune_mixed_tasks_100%" if full else "finetune_mixed_tasks_10%"
-                env_extra["PRETRAINED_PROJECTOR"] = str(pretrained)
             env = self._env(base, corpus / "configs" / "finetune_mixed.yml", tmp, **env_extra)
             info = self._train(name, REPO / "scripts" / "finetune" / f"{script}.sh", args, env, tmp, steps)
             return {**info, "script": f"{script}.sh", "args": args}
 
-        return run_phase(name, self.out / name, work, self.tracker, kind="finetune")
+        return run_phase(name, self.out / name, work, self.tracker, kind="finetune", settings=settings)
 
     # ----------------------------------------------------------------------------- measurements
     def alignment(self, key: str, seed: int, corpus: Path, pretrained: Path) -> Path:
@@ -314,7 +331,8 @@ class Study:
             r1 = {k: 100 * v["r1_speech2text"] for k, v in result["layers"].items()}
             return {**result, "summary": "R@1 " + " ".join(f"L{k}={v:.0f}" for k, v in r1.items())}
 
-        return run_phase(name, self.out / name, work, self.tracker, kind="alignment")
+        settings = {"diag_limit": self.budget.diag_limit, "stage 1": settings_digest(pretrained)}
+        return run_phase(name, self.out / name, work, self.tracker, kind="alignment", settings=settings)
 
     def _cache(self) -> Path | None:
         """The shared feature-cache directory, when this version has the cache (training flag too)."""
@@ -336,7 +354,13 @@ class Study:
                 tmp, corpus, pretrained, finetuned, steps, self.budget, self._cache(), self.tracker, name
             )
 
-        return run_phase(name, self.out / name, work, self.tracker, kind="eval")
+        b = self.budget
+        settings = {
+            "limits": [b.eval_limit, b.nll_limit, b.curve_points, b.max_new_tokens],
+            "stage 1": settings_digest(pretrained),
+            "stage 2": settings_digest(finetuned),
+        }
+        return run_phase(name, self.out / name, work, self.tracker, kind="eval", settings=settings)
 
     # ----------------------------------------------------------------------------- the whole study
     def run(self) -> dict:

@@ -17,6 +17,7 @@ from llava.demo.phases import (
     phase_info,
     run_command,
     run_phase,
+    settings_digest,
 )
 
 
@@ -46,6 +47,27 @@ def test_finished_phase_is_reused_and_interrupted_one_redone(tmp_path):
     run_phase("q", other, work, tracker)  # the half-written attempt is discarded, not trusted
     assert not (tmp_path / "other.partial").exists()
     assert sorted(p.name for p in other.iterdir()) == [MARKER, "result.txt"]
+
+
+def test_a_finished_phase_is_reused_only_under_its_settings(tmp_path):
+    calls = []
+
+    def work(tmp):
+        calls.append(tmp)
+        return {"summary": "fine"}
+
+    tracker = Tracker(progress=False)
+    out = tmp_path / "phase"
+    run_phase("p", out, work, tracker)  # recorded without settings (as by an older version)
+    run_phase("p", out, work, tracker, settings={"steps": 4})  # cannot tell: redone
+    assert len(calls) == 2 and phase_info(out)["settings"] == {"steps": 4}
+    first = settings_digest(out)
+    run_phase("p", out, work, tracker, settings={"steps": 4})
+    assert len(calls) == 2  # the same settings: reused
+    run_phase("p", out, work, tracker, settings={"steps": (5,)})  # tuples compare as their JSON lists
+    run_phase("p", out, work, tracker, settings={"steps": [5]})
+    assert len(calls) == 3 and settings_digest(out) != first and len(first) == 16
+    assert settings_digest(tmp_path / "never_run") is None
 
 
 def test_divergence_finishes_the_phase_as_a_result_and_is_not_retried(tmp_path):

@@ -3,6 +3,8 @@ variant reaches both stages, altered shipped base models stop the study, budget 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from llava.demo.__main__ import override
@@ -135,3 +137,35 @@ def test_a_variant_limited_to_the_first_seeds_runs_only_there(tmp_path):
     assert study.chains() == [("pos-shift", 3), ("none", 3), ("none", 5), ("none", 7)]
     # The progress tracker expects exactly those phases (pos-shift has no stage 2).
     assert study.tracker.plan["pretrain"] == 4 and study.tracker.plan["finetune"] == 3 + 1
+
+
+def test_a_rerun_with_other_settings_redoes_what_the_change_touches(tmp_path, monkeypatch):
+    """Finished phases are reused only under the settings they ran with: a stage-2 change redoes
+    stage 2 and the evaluation, not stage 1; a stage-1 change redoes everything after it."""
+    calls: list[str] = []
+
+    def fake_train(self, name, script, args, env, tmp, steps):
+        calls.append(name)
+        return {"summary": "ok"}
+
+    monkeypatch.setattr(Study, "_train", fake_train)
+    # No probe of the training flags; the feature cache's flag names a path inside the study.
+    monkeypatch.setattr(Study, "_supports", lambda self, flag: flag == "audio_feature_cache")
+    base, corpus = tmp_path / "base", tmp_path / "corpus"
+
+    def run(*overrides: str) -> None:
+        study = Study(tmp_path / "study", override(BUDGETS["default"], list(overrides)), [0], ["asr"], progress=False)  # fmt: skip
+        pre = study.pretrain("asr", 0, base, corpus)
+        study.finetune("asr", 0, base, corpus, pre)
+
+    run()
+    assert calls == ["seed0/pretrain/asr", "seed0/finetune/asr"]
+    run()  # the same settings: both reused
+    assert len(calls) == 2
+    run('finetune_lora={"r": 4}')  # stage 2 only
+    assert calls[2:] == ["seed0/finetune/asr"]
+    run('finetune_lora={"r": 4}', "pretrain_steps=7")  # stage 1, and stage 2 through its digest
+    assert calls[3:] == ["seed0/pretrain/asr", "seed0/finetune/asr"]
+    done = json.loads((tmp_path / "study/seed0/finetune/asr/DONE.json").read_text())
+    assert "--lora_r" in done["settings"]["args"]
+    assert "<out>/feature_cache" in done["settings"]["args"]  # a moved study keeps its phases
