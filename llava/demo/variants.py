@@ -44,18 +44,6 @@ class Variant:
     # one worker running a long chain while the other waits.
     chain_seconds: float = 0.0
 
-    def finetune_lora_flags(self) -> list[str]:
-        """The stage-2 training flags of `finetune_lora` (none when it is empty)."""
-        if not self.finetune_lora:
-            return []
-        known = {"r", "alpha", "dropout", "target_modules", "bias", "use_rslora"}
-        unknown = sorted(set(self.finetune_lora) - known)
-        if unknown:
-            raise ValueError(f"Budget.finetune_lora: {unknown} are not LoRA settings; known: {sorted(known)}")
-        return ["--lora_enable", "True"] + [
-            x for k, v in self.finetune_lora.items() for x in (f"--lora_{k}", str(v))
-        ]
-
     def projector_options(self) -> dict:
         """`projector_flags` as projector settings (for building a model in-process)."""
         names = {"--projector_output_norm": "output_norm"}
