@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from llava.demo.corpus.spelled import CONFIG_NAME as SPELLED_CONFIG
 
@@ -155,7 +155,9 @@ class Budget:
         """The stage-2 training flags of `finetune_lora` (none when it is empty)."""
         if not self.finetune_lora:
             return []
-        known = {"r", "alpha", "dropout", "target_modules", "bias", "use_rslora"}
+        from llava.train.arguments import LoraArgs  # the training flags' own list (imports transformers)
+
+        known = {f.name for f in fields(LoraArgs)} - {"enable"}
         unknown = sorted(set(self.finetune_lora) - known)
         if unknown:
             raise ValueError(f"Budget.finetune_lora: {unknown} are not LoRA settings; known: {sorted(known)}")

@@ -221,12 +221,9 @@ def text_topline(model, tokenizer, items: Sequence[TaskText], prompts: PromptBan
         if task == "ASR":  # the paper's WER (mean of per-utterance WERs), under its current or former key
             keep["paper_wer"] = scores.get("wer_paper", scores.get("wer_utt_mean"))
             # A mean of per-utterance WERs can hinge on one reply that runs on: name the worst one.
-            worst = max(range(len(refs)), key=lambda i: wer_paper([replies[i]], [refs[i]]))
-            keep["worst"] = {
-                "ref": refs[worst],
-                "hyp": replies[worst],
-                "wer": round(wer_paper([replies[worst]], [refs[worst]]), 1),
-            }
+            wers = [wer_paper([hyp], [ref]) for hyp, ref in zip(replies, refs)]
+            worst = max(range(len(wers)), key=wers.__getitem__)
+            keep["worst"] = {"ref": refs[worst], "hyp": replies[worst], "wer": round(wers[worst], 1)}
         keep["example"] = {"prompt": convs[0][-1]["content"], "ref": refs[0], "hyp": replies[0]}
         out[task] = keep
     return out
