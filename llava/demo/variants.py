@@ -216,6 +216,7 @@ BUDGETS = {
         finetune_learning_rate=1e-3, eval_limit=4, diag_limit=12, nll_limit=4, curve_points=2,
         full_data_steps=4, max_new_tokens=8, seeds=2, variants=("none", "asr", "contr-cos-all-fixed"),
         fill_cache=False, output_norm="rms_match", projector_type="mlp", projector={"stack": 2},
+        finetune_lora={"r": 4, "alpha": 8, "target_modules": "all-linear"},
     ),
     # Sized by measurement: 3 seeds of all variants plus the 100 % run took 1,316 s wall on 2 cores at
     # batch 8, 400 / 300 steps, 3 stacked frames (stage 1 801 s, stage 2 1,114 s, evaluation 386 s
@@ -249,6 +250,10 @@ BUDGETS = {
     # table: 32.8 / 29.2). Not the number of distinct utterances: half of them gives 32.2 / 30.2, twice
     # as many (2,000 more synthesised sentences as an ASR-only set) 27.9 / 28.4 at batch 16 x 600.
     # Stage 2 keeps batch 16.
+    # Stage 2 trains LoRA adapters (r 32, alpha 64, every linear layer of the LLM) beside the projector:
+    # on the stage-1 projectors of the projector-only table (3 seeds) asr went from 27.6 to 26.2 WER and
+    # 38.0 to 41.1 BLEU, the contrastive variants from 71-74 to 49-50 WER, every variant's mean dev NLL
+    # 0.15-0.55 nats lower, for about 3 minutes more wall time (docs/demo/lora/results.md).
     # The learning curve is measured at steps 0, 50 and 100: each point costs about 3 s of dev NLL per
     # run (two thirds of it the long SQA passages), and at 25 / 50 / 75 / 100 the curves of the run
     # at 833a0e6 showed most of the change by step 25 and the rest of it monotone (docs/demo/results.md).
@@ -257,5 +262,6 @@ BUDGETS = {
         finetune_learning_rate=3e-3, eval_limit=200, diag_limit=96, nll_limit=80, curve_points=2,
         full_data_steps=500, finetune_batch_size=16, seeds=3, output_norm="rms_match", projector_type="mlp",
         projector={"stack": 2}, variants=DEFAULT_VARIANTS,
+        finetune_lora={"r": 32, "alpha": 64, "target_modules": "all-linear"},
     ),
 }  # fmt: skip

@@ -69,6 +69,11 @@ def test_smoke_study_interrupted_resumed_and_reused(tmp_path):
     assert "projector initialised from" in log
     pre = json.loads((out / "seed1" / "pretrain" / "contr-cos-all-fixed" / "DONE.json").read_text())
     assert pre["script"] == "pretrain-contr-cos-all.sh" and "--contrastive_layer_weights" in pre["args"]
+    # The default stage 2 trains LoRA adapters on the LLM beside the projector; both are saved.
+    from llava.model.checkpoint import read_weights
+
+    saved = read_weights(out / "seed0" / "finetune" / "asr")
+    assert any(k.startswith("projector.") for k in saved) and any(".lora_B." in k for k in saved)
     preds = list((out / "seed0" / "eval" / "asr" / "ASR").glob("*_preds.jsonl"))
     assert len(preds) == 1 and len(preds[0].read_text().splitlines()) == 4
 
