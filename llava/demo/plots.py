@@ -38,13 +38,19 @@ def plot_at_10pct(data: dict, labels: dict, path: Path) -> None:
     axes = fig.subplots(1, len(columns))
     for ax, column in zip(axes, columns):
         stats = [_ci(data[k]["metrics"].get(column, {})) for k in keys]
-        ax.bar(range(len(keys)), [m for m, _ in stats], yerr=[h for _, h in stats], capsize=3,
-               color=[f"C{i}" for i in range(len(keys))])  # fmt: skip
+        if "NLL" in column:
+            # Points, not bars: the differences are small against the absolute level, and a bar
+            # whose axis does not start at zero misleads. The axis spans every interval.
+            for i, (m, h) in enumerate(stats):
+                ax.errorbar(i, m, yerr=h, fmt="o", capsize=3, color=f"C{i}")
+            ends = [v for m, h in stats if math.isfinite(m) for v in (m - h, m + h)]
+            if ends:
+                pad = 0.08 * (max(ends) - min(ends) or 0.1)
+                ax.set_ylim(min(ends) - pad, max(ends) + pad)
+        else:
+            ax.bar(range(len(keys)), [m for m, _ in stats], yerr=[h for _, h in stats], capsize=3,
+                   color=[f"C{i}" for i in range(len(keys))])  # fmt: skip
         ax.set_xticks(range(len(keys)), [labels[k] for k in keys], rotation=65, ha="right", fontsize=7)
-        finite = [m for m, _ in stats if math.isfinite(m)]
-        if "NLL" in column and finite:  # differences are small against the absolute level
-            span = max(finite) - min(finite) or 0.1
-            ax.set_ylim(min(finite) - span, max(finite) + span)
         ax.set_title(column + (" ↓" if "NLL" in column or "WER" in column else " ↑"), fontsize=9)
     fig.suptitle("Pretraining variants after stage 2 on 10 % of the task data (mean ± 95 % CI)", fontsize=10)
     fig.tight_layout()

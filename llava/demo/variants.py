@@ -253,10 +253,11 @@ BUDGETS = {
     # Stage 2 trains LoRA adapters (r 32, alpha 64, every linear layer of the LLM) beside the projector:
     # on the stage-1 projectors of the projector-only table (3 seeds) asr went from 27.6 to 26.2 WER and
     # 38.0 to 41.1 BLEU, the contrastive variants from 71-74 to 49-50 WER, every variant's mean dev NLL
-    # 0.15-0.55 nats lower, for about 3 minutes more wall time (docs/demo/lora/results.md).
+    # 0.15-0.55 nats lower, for about 3 minutes more wall time (the projector-only table:
+    # docs/demo/projector_only/results.md).
     # The learning curve is measured at steps 0, 50 and 100: each point costs about 3 s of dev NLL per
     # run (two thirds of it the long SQA passages), and at 25 / 50 / 75 / 100 the curves of the run
-    # at 833a0e6 showed most of the change by step 25 and the rest of it monotone (docs/demo/results.md).
+    # at 833a0e6 showed most of the change by step 25 and the rest of it monotone.
     "default": Budget(
         "small", "small", pretrain_steps=1200, finetune_steps=100, batch_size=8, learning_rate=6e-3,
         finetune_learning_rate=3e-3, eval_limit=200, diag_limit=96, nll_limit=80, curve_points=2,

@@ -62,7 +62,9 @@ def test_non_finite_checkpoint_weights_are_a_divergence(tmp_path, tiny_base_dirs
 
 def test_stage_2_lora_flags_from_the_budget():
     budget = BUDGETS["default"]
-    assert budget.finetune_lora_flags() == []  # the paper scripts' projector-only stage 2
+    assert budget.finetune_lora_flags()[:2] == ["--lora_enable", "True"]  # the study's default
+    projector_only = budget.__class__(**{**budget.__dict__, "finetune_lora": {}})
+    assert projector_only.finetune_lora_flags() == []  # the paper scripts' stage 2
     lora = budget.__class__(**{**budget.__dict__, "finetune_lora": {"r": 32, "target_modules": "all-linear"}})
     assert lora.finetune_lora_flags() == [
         "--lora_enable", "True", "--lora_r", "32", "--lora_target_modules", "all-linear",
