@@ -17,16 +17,9 @@ from pathlib import Path
 from llava.demo.evaluation import METRICS
 from llava.demo.phases import Tracker, diverged, phase_info
 from llava.demo.stats import compare, holm, mean_ci
+from llava.demo.tables import PRIMARY, TASKS, _cell, _labels, curve_table, layer_table, main_table, seed_table
 
 NAN = math.nan
-TASKS = ("ASR", "ST", "SQA")
-PRIMARY = "dev NLL (mean)"  # the metric that picks the best variant and leads the significance section
-
-
-def _labels() -> dict[str, str]:
-    from llava.demo.variants import VARIANTS
-
-    return {k: v.label for k, v in VARIANTS.items()}
 
 
 def _mean_nll(point: dict) -> float:
@@ -148,56 +141,6 @@ def best_variant(runs: dict[int, dict[str, dict[str, Path]]]) -> str | None:
     }
     scored = {k: v for k, v in scored.items() if math.isfinite(v)}
     return min(scored, key=scored.get) if scored else None
-
-
-# ---------------------------------------------------------------------------------------- markdown
-def _cell(values: dict[int, float], digits: int = 1) -> str:
-    return mean_ci(list(values.values())).format(digits)
-
-
-def main_table(data: dict[str, dict], n_seeds: int) -> str:
-    labels = _labels()
-    up = {title: higher for title, _, _, higher in METRICS}
-    columns = ["ASR WER", "ST BLEU", "SQA F1", *(f"dev NLL {t}" for t in TASKS), PRIMARY]
-    tuned = [k for k, row in data.items() if row["metrics"]]
-    layers = sorted({layer for row in data.values() for layer in row["r1"]})
-    r1_cols = [layers[0], layers[-1]] if layers else []
-    head = ["pretraining"] + [f"{c} {'↑' if up.get(c, False) else '↓'}" for c in columns]
-    head += [f"R@1 L{k} ↑" for k in r1_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key in tuned:
-        row = data[key]
-        cells = [_cell(row["metrics"].get(c, {}), 3 if "NLL" in c else 1) for c in columns]
-        cells += [_cell(row["r1"].get(k, {})) for k in r1_cols]
-        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
-    lines.append(
-        f"\nMean ± 95 % t-interval over {n_seeds} seed(s); a diverged seed stays in the count and is "
-        "named in its cell. WER (the paper's: mean of per-utterance WERs after its normalisation), "
-        "sacreBLEU and SQuAD F1 in percent on the test sets; dev NLL = teacher-forced negative "
-        "log-likelihood per target token (nats) after stage 2; R@1 = speech→text retrieval of the stage-1 "
-        "projector at the embedding layer (L0) and the last layer."
-    )
-    return "\n".join(lines)
-
-
-def layer_table(data: dict[str, dict]) -> str:
-    labels = _labels()
-    layers = sorted({layer for row in data.values() for layer in row["r1"]})
-    lines = ["| stage 1 | " + " | ".join(f"L{k}" for k in layers) + " |", "|" + "---|" * (len(layers) + 1)]
-    for key, row in data.items():
-        lines.append(f"| {labels[key]} | " + " | ".join(_cell(row["r1"].get(k, {})) for k in layers) + " |")
-    return "\n".join(lines)
-
-
-def curve_table(data: dict[str, dict]) -> str:
-    labels = _labels()
-    steps = sorted({s for row in data.values() for s in row["curve"]})
-    lines = ["| variant | " + " | ".join(f"step {s}" for s in steps) + " |", "|" + "---|" * (len(steps) + 1)]
-    for key, row in data.items():
-        if row["curve"]:
-            cells = [_cell(row["curve"].get(s, {}).get(PRIMARY, {}), 3) for s in steps]
-            lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def _pair_line(labels: dict, a: str, b: str, r, p_adj: float, digits: int) -> tuple[str, bool]:
@@ -394,6 +337,9 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
     md = ["## Results at 10 % of the task data", "", main_table(data, n_seeds), ""]
     md += ["## Speech→text R@1 (%) per LLM layer after stage 1", "", layer_table(data), ""]
     md += ["## Stage-2 learning curves: mean dev NLL over tasks (nats/token)", "", curve_table(data), ""]
+    seeds = seed_table(data)
+    if seeds:
+        md += ["## Every seed", "", seeds, ""]
     terms = stage1_terms(data)
     if terms:
         md += ["## Final stage-1 contrastive loss per layer (ln B = chance)", "", terms, ""]
