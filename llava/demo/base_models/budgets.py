@@ -24,6 +24,9 @@ class Budget:
     # LLM learns to read input at the projector's rate (~12 positions per second of speech).
     stretch_frac: float = 0.0
     stretch_max: int = 3
+    # Repeat items per distinct sentence of the SQA passages (chats.passage_sentence_items), in the first
+    # phase and in the later phases' rehearsal: 0 = none (the shipped recipe).
+    passage_sentences: int = 0
     # A second LLM phase (0 steps: none) continuing the first on spelled inputs (chats.spelled): every
     # ASR/ST item spelled `spell_copies` times, mixed with one conversation per first-phase item (so the
     # first phase's skills are rehearsed); `spell_args` override the first phase's LlmTrainArgs.

@@ -127,6 +127,22 @@ def scrambled_items(items: Sequence[TaskText], rng: np.random.Generator, per_ite
     return out
 
 
+def passage_sentence_items(items: Sequence[TaskText], per_sentence: int = 1) -> list[TaskText]:
+    """Repeat items made of the sentences of the SQA passages: `per_sentence` per distinct sentence.
+
+    Passages are read whole, and their sentences open with the same templates as many a transcript
+    ("Karl works as a driver in Paris."); without these items the LLM, asked to repeat a short
+    sentence that opens like a passage, may go on with a passage instead of stopping.
+    """
+    seen: dict[str, None] = {}
+    for item in items:
+        if item.task == "SQA":
+            for sentence in re.split(r"(?<=[.!?])\s+", item.content.strip()):
+                if sentence:
+                    seen.setdefault(sentence, None)
+    return [TaskText("ASR", s, s) for s in seen for _ in range(per_sentence)]
+
+
 def stretched(item: TaskText, rng: np.random.Generator, max_repeat: int) -> TaskText:
     """`item` with every word of its content repeated 1..`max_repeat` times (uniformly); target unchanged.
 

@@ -28,6 +28,7 @@ from llava.demo.base_models.chats import (
     TASKS,
     TaskText,
     conversation,
+    passage_sentence_items,
     read_task_texts,
     scrambled_items,
     spelled,
@@ -161,6 +162,8 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
     items = read_task_texts(tasks_file)
     if budget.scrambled:
         items = items + scrambled_items(items, rng, budget.scrambled)
+    if budget.passage_sentences:
+        items = items + passage_sentence_items(items, budget.passage_sentences)
     extra = [it for it in items for _ in range(budget.task_copies.get(it.task, 0))]
     conversations = training_conversations(
         items + extra,
@@ -260,8 +263,11 @@ def _build_spelled_llm(
         if it.task == "SQA"
         for _ in range(passage_copies)
     ]
+    rehearsed = items + extra
+    if budget.passage_sentences:
+        rehearsed = rehearsed + passage_sentence_items(items, budget.passage_sentences)
     conversations = training_conversations(spelled_items, prompts, rng, copies=1) + training_conversations(
-        items + extra,
+        rehearsed,
         prompts,
         rng,
         copies=1,

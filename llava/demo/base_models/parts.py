@@ -37,6 +37,7 @@ _TEXT_LLM_FIELDS = (
     "task_copies",
     "stretch_frac",
     "stretch_max",
+    "passage_sentences",
     "max_dev",
     "topline_n",
     "eval_n",

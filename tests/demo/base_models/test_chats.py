@@ -196,3 +196,17 @@ def test_spelled_writes_letters_and_word_gaps_and_keeps_the_target():
     assert 0 < len(some) - len("t h e | o l d | m a n | r e a d s".split()) < len(some) / 2
     collapsed = [t for i, t in enumerate(some) if i == 0 or t != some[i - 1]]
     assert " ".join(collapsed) == "t h e | o l d | m a n | r e a d s"
+
+
+def test_passage_sentence_items_repeat_each_distinct_passage_sentence():
+    passage = "Karl works as a driver in Paris. Karl likes fish!  Is Karl tall? Karl keeps a hat."
+    items = [
+        chats.TaskText("SQA", passage, "Paris", "Where does Karl work?"),
+        chats.TaskText("SQA", passage, "fish", "What does Karl like?"),  # same passage, another question
+        chats.TaskText("ASR", "A fox watches sheep.", "A fox watches sheep."),
+    ]
+    out = chats.passage_sentence_items(items, per_sentence=2)
+    sentences = ["Karl works as a driver in Paris.", "Karl likes fish!", "Is Karl tall?", "Karl keeps a hat."]
+    assert [it.content for it in out] == [s for s in sentences for _ in range(2)]
+    assert all(it.task == "ASR" and it.target == it.content and it.question is None for it in out)
+    assert chats.passage_sentence_items(items[2:]) == []  # no passage, no items
