@@ -19,6 +19,11 @@ def _labels() -> dict[str, str]:
     return {k: v.label for k, v in VARIANTS.items()}
 
 
+def _head(cells: list[str]) -> list[str]:
+    """A markdown table's header row and separator."""
+    return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
+
+
 def _cell(values: dict[int, float], digits: int = 1) -> str:
     return mean_ci(list(values.values())).format(digits)
 
@@ -32,7 +37,7 @@ def main_table(data: dict[str, dict], n_seeds: int) -> str:
     r1_cols = [layers[0], layers[-1]] if layers else []
     head = ["pretraining"] + [f"{c} {'↑' if up.get(c, False) else '↓'}" for c in columns]
     head += [f"R@1 L{k} ↑" for k in r1_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _head(head)
     for key in tuned:
         row = data[key]
         cells = [_cell(row["metrics"].get(c, {}), 3 if "NLL" in c else 1) for c in columns]
@@ -51,7 +56,7 @@ def main_table(data: dict[str, dict], n_seeds: int) -> str:
 def layer_table(data: dict[str, dict]) -> str:
     labels = _labels()
     layers = sorted({layer for row in data.values() for layer in row["r1"]})
-    lines = ["| stage 1 | " + " | ".join(f"L{k}" for k in layers) + " |", "|" + "---|" * (len(layers) + 1)]
+    lines = _head(["stage 1", *(f"L{k}" for k in layers)])
     for key, row in data.items():
         lines.append(f"| {labels[key]} | " + " | ".join(_cell(row["r1"].get(k, {})) for k in layers) + " |")
     return "\n".join(lines)
@@ -60,7 +65,7 @@ def layer_table(data: dict[str, dict]) -> str:
 def curve_table(data: dict[str, dict]) -> str:
     labels = _labels()
     steps = sorted({s for row in data.values() for s in row["curve"]})
-    lines = ["| variant | " + " | ".join(f"step {s}" for s in steps) + " |", "|" + "---|" * (len(steps) + 1)]
+    lines = _head(["variant", *(f"step {s}" for s in steps)])
     for key, row in data.items():
         if row["curve"]:
             cells = [_cell(row["curve"].get(s, {}).get(PRIMARY, {}), 3) for s in steps]
@@ -76,8 +81,7 @@ def seed_table(data: dict[str, dict]) -> str:
     seeds = sorted({s for k in tuned for c in SEED_COLUMNS for s in data[k]["metrics"].get(c, {})})
     if not seeds:
         return ""
-    head = ["pretraining", "measure", *(f"seed {s}" for s in seeds)]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = _head(["pretraining", "measure", *(f"seed {s}" for s in seeds)])
     for key in tuned:
         for column in SEED_COLUMNS:
             values = data[key]["metrics"].get(column, {})
