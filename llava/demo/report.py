@@ -17,7 +17,16 @@ from pathlib import Path
 from llava.demo.evaluation import METRICS
 from llava.demo.phases import Tracker, diverged, phase_info
 from llava.demo.stats import compare, holm, mean_ci
-from llava.demo.tables import PRIMARY, TASKS, _cell, _labels, curve_table, layer_table, main_table, seed_table
+from llava.demo.tables import (
+    PRIMARY,
+    TASKS,
+    ci_cell,
+    curve_table,
+    layer_table,
+    main_table,
+    seed_table,
+    variant_labels,
+)
 
 NAN = math.nan
 
@@ -94,7 +103,7 @@ def _balance(run_dir: Path) -> dict:
 def balance_table(data: dict[str, dict]) -> str:
     """contr-cos-all as the paper runs it vs fixed: per layer, loss and gradient norm (share of the
     summed per-term norms) at the projector at the first and the last logged stage-1 step."""
-    labels = _labels()
+    labels = variant_labels()
     keys = [k for k, row in data.items() if row.get("balance")]
     if not keys:
         return ""
@@ -168,7 +177,7 @@ def significance(data: dict[str, dict], columns: list[str]) -> tuple[str, str, l
     the others and any pair significant in the all-pairs family; the full one every pair."""
     from llava.demo.variants import PLANNED_PAIRS
 
-    labels = _labels()
+    labels = variant_labels()
     tuned = [k for k, row in data.items() if row["metrics"]]
     pairs = [(a, b) for i, a in enumerate(tuned) for b in tuned[i + 1 :]]
     planned = [(a, b) for a, b in PLANNED_PAIRS if a in tuned and b in tuned]
@@ -254,7 +263,7 @@ def full_data_share(data: dict[str, dict], full: dict | None) -> dict | None:
 
 def stage1_terms(data: dict[str, dict]) -> str:
     """Final stage-1 loss terms per layer, for the contrastive variants (per-layer learning)."""
-    labels = _labels()
+    labels = variant_labels()
     lines = []
     for key, row in data.items():
         terms = sorted(
@@ -262,7 +271,7 @@ def stage1_terms(data: dict[str, dict]) -> str:
             key=lambda t: int(t.rsplit("_", 1)[1]),
         )
         if terms:
-            cells = " ".join(f"L{t.rsplit('_', 1)[1]} {_cell({s: v.get(t, NAN) for s, v in row['stage1'].items()}, 2)}" for t in terms)  # fmt: skip
+            cells = " ".join(f"L{t.rsplit('_', 1)[1]} {ci_cell({s: v.get(t, NAN) for s, v in row['stage1'].items()}, 2)}" for t in terms)  # fmt: skip
             lines.append(f"- {labels[key]}: {cells}")
     return "\n".join(lines)
 
@@ -375,7 +384,7 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         md += [
             "## Full data",
             "",
-            f"{_labels()[share['variant']]} (the lowest dev NLL on seed {share['seed']}, whose stage-1 projector "
+            f"{variant_labels()[share['variant']]} (the lowest dev NLL on seed {share['seed']}, whose stage-1 projector "
             f"it starts from): dev NLL {share['nll_start']:.3f} at the start "
             f"of stage 2, {share['nll_10']:.3f} after 10 %, {share['nll_100']:.3f} after 100 % — {kept}",
             "",
@@ -424,7 +433,7 @@ def write_report(out: Path, runs, full, base: Path, tracker: Tracker, budget) ->
         "machine": machine(),
     }
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
-    write_plots(out, data, runs, _labels())
+    write_plots(out, data, runs, variant_labels())
     return payload
 
 

@@ -13,7 +13,8 @@ PRIMARY = "dev NLL (mean)"  # the metric that picks the best variant and leads t
 SEED_COLUMNS = ("ASR WER", "ST BLEU", "SQA F1", PRIMARY)  # the per-seed table's measures
 
 
-def _labels() -> dict[str, str]:
+def variant_labels() -> dict[str, str]:
+    """Each variant's display name in tables and plots."""
     from llava.demo.variants import VARIANTS
 
     return {k: v.label for k, v in VARIANTS.items()}
@@ -24,12 +25,24 @@ def _head(cells: list[str]) -> list[str]:
     return ["| " + " | ".join(cells) + " |", "|" + "---|" * len(cells)]
 
 
-def _cell(values: dict[int, float], digits: int = 1) -> str:
+def _row(label: str, cells: list[str]) -> str:
+    """One markdown table row: the label, then the cells."""
+    return f"| {label} | " + " | ".join(cells) + " |"
+
+
+def _seed_value(values: dict[int, float], seed: int, digits: int) -> str:
+    if seed not in values:
+        return ""
+    return f"{values[seed]:.{digits}f}" if math.isfinite(values[seed]) else "diverged"
+
+
+def ci_cell(values: dict[int, float], digits: int = 1) -> str:
+    """Mean ± 95 % t-interval over the seeds' values (diverged seeds named)."""
     return mean_ci(list(values.values())).format(digits)
 
 
 def main_table(data: dict[str, dict], n_seeds: int) -> str:
-    labels = _labels()
+    labels = variant_labels()
     up = {title: higher for title, _, _, higher in METRICS}
     columns = ["ASR WER", "ST BLEU", "SQA F1", *(f"dev NLL {t}" for t in TASKS), PRIMARY]
     tuned = [k for k, row in data.items() if row["metrics"]]
@@ -40,9 +53,9 @@ def main_table(data: dict[str, dict], n_seeds: int) -> str:
     lines = _head(head)
     for key in tuned:
         row = data[key]
-        cells = [_cell(row["metrics"].get(c, {}), 3 if "NLL" in c else 1) for c in columns]
-        cells += [_cell(row["r1"].get(k, {})) for k in r1_cols]
-        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+        cells = [ci_cell(row["metrics"].get(c, {}), 3 if "NLL" in c else 1) for c in columns]
+        cells += [ci_cell(row["r1"].get(k, {})) for k in r1_cols]
+        lines.append(_row(labels[key], cells))
     lines.append(
         f"\nMean ± 95 % t-interval over {n_seeds} seed(s); a diverged seed stays in the count and is "
         "named in its cell. WER (the paper's: mean of per-utterance WERs after its normalisation), "
@@ -54,29 +67,30 @@ def main_table(data: dict[str, dict], n_seeds: int) -> str:
 
 
 def layer_table(data: dict[str, dict]) -> str:
-    labels = _labels()
+    labels = variant_labels()
     layers = sorted({layer for row in data.values() for layer in row["r1"]})
     lines = _head(["stage 1", *(f"L{k}" for k in layers)])
     for key, row in data.items():
-        lines.append(f"| {labels[key]} | " + " | ".join(_cell(row["r1"].get(k, {})) for k in layers) + " |")
+        lines.append(_row(labels[key], [ci_cell(row["r1"].get(k, {})) for k in layers]))
     return "\n".join(lines)
 
 
 def curve_table(data: dict[str, dict]) -> str:
-    labels = _labels()
+    labels = variant_labels()
     steps = sorted({s for row in data.values() for s in row["curve"]})
     lines = _head(["variant", *(f"step {s}" for s in steps)])
     for key, row in data.items():
         if row["curve"]:
-            cells = [_cell(row["curve"].get(s, {}).get(PRIMARY, {}), 3) for s in steps]
-            lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
+            lines.append(
+                _row(labels[key], [ci_cell(row["curve"].get(s, {}).get(PRIMARY, {}), 3) for s in steps])
+            )
     return "\n".join(lines)
 
 
 def seed_table(data: dict[str, dict]) -> str:
     """Every seed's own value of the headline measures (`diverged` where training did not finish), so a
     mean can be traced to the runs behind it."""
-    labels = _labels()
+    labels = variant_labels()
     tuned = [k for k, row in data.items() if row["metrics"]]
     seeds = sorted({s for k in tuned for c in SEED_COLUMNS for s in data[k]["metrics"].get(c, {})})
     if not seeds:
@@ -88,13 +102,5 @@ def seed_table(data: dict[str, dict]) -> str:
             if not values:
                 continue
             digits = 3 if "NLL" in column else 1
-            cells = [
-                ""
-                if s not in values
-                else "diverged"
-                if not math.isfinite(values[s])
-                else f"{values[s]:.{digits}f}"
-                for s in seeds
-            ]
-            lines.append(f"| {labels[key]} | {column} | " + " | ".join(cells) + " |")
+            lines.append(_row(labels[key], [column, *(_seed_value(values, s, digits) for s in seeds)]))
     return "\n".join(lines)
