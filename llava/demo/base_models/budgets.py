@@ -27,6 +27,7 @@ class Budget:
     # Repeat items per distinct sentence of the SQA passages (chats.passage_sentence_items), in the first
     # phase and in the later phases' rehearsal: 0 = none (the shipped recipe).
     passage_sentences: int = 0
+    passage_openings_only: bool = False  # only each passage's first sentence (chats.passage_sentence_items)
     # A second LLM phase (0 steps: none) continuing the first on spelled inputs (chats.spelled): every
     # ASR/ST item spelled `spell_copies` times, mixed with one conversation per first-phase item (so the
     # first phase's skills are rehearsed); `spell_args` override the first phase's LlmTrainArgs.

@@ -174,20 +174,33 @@ def build_all(
         "llm": {k: v for k, v in llm.items() if k != "build"},
         "encoder": {k: v for k, v in encoder.items() if k != "build"},
         "summary": {
-            "llm_params": llm.get("params"),
-            "llm_dev_ppl": llm.get("dev_ppl"),
-            "text_topline_test": llm.get("text_topline_summary", {}).get("test"),
-            # Repeat WER with the transcript spelled letter by letter (only with a spelled phase).
-            "spelled_topline": llm.get("spelled_topline"),
-            "llm_train_time_s": llm.get("train_time_s"),
-            "encoder_params": encoder.get("params_encoder"),
-            "encoder_dev_cer": encoder.get("dev_cer"),
-            "encoder_train_time_s": encoder.get("train_time_s"),
+            **part_summary("llm", llm),
+            **part_summary("encoder", encoder),
             "wall_time_s": round(time.monotonic() - t0, 1),
         },
     }
     write_json(out / "report.json", report)
     return report
+
+
+def part_summary(part: str, report: dict) -> dict:
+    """The headline figures of one model's training report (`llm` or `encoder`), as the summary keys them."""
+    if part == "llm":
+        return {
+            "llm_params": report.get("params"),
+            "llm_dev_ppl": report.get("dev_ppl"),
+            "text_topline_test": report.get("text_topline_summary", {}).get("test"),
+            # Repeat WER with the transcript spelled letter by letter (only with a spelled phase).
+            "spelled_topline": report.get("spelled_topline"),
+            "llm_train_time_s": report.get("train_time_s"),
+        }
+    if part == "encoder":
+        return {
+            "encoder_params": report.get("params_encoder"),
+            "encoder_dev_cer": report.get("dev_cer"),
+            "encoder_train_time_s": report.get("train_time_s"),
+        }
+    raise ValueError(f"unknown part {part!r}; known: ['encoder', 'llm']")
 
 
 def auto_threads() -> int:

@@ -127,19 +127,23 @@ def scrambled_items(items: Sequence[TaskText], rng: np.random.Generator, per_ite
     return out
 
 
-def passage_sentence_items(items: Sequence[TaskText], per_sentence: int = 1) -> list[TaskText]:
+def passage_sentence_items(
+    items: Sequence[TaskText], per_sentence: int = 1, openings_only: bool = False
+) -> list[TaskText]:
     """Repeat items made of the sentences of the SQA passages: `per_sentence` per distinct sentence.
 
     Passages are read whole, and their sentences open with the same templates as many a transcript
     ("Karl works as a driver in Paris."); without these items the LLM, asked to repeat a short
-    sentence that opens like a passage, may go on with a passage instead of stopping.
+    sentence that opens like a passage, may go on with a passage instead of stopping. With
+    `openings_only`, only each passage's first sentence is used (the one a runaway reply starts from;
+    about a quarter as many items, so less copying competes with answering).
     """
     seen: dict[str, None] = {}
     for item in items:
         if item.task == "SQA":
-            for sentence in re.split(r"(?<=[.!?])\s+", item.content.strip()):
-                if sentence:
-                    seen.setdefault(sentence, None)
+            sentences = [s for s in re.split(r"(?<=[.!?])\s+", item.content.strip()) if s]
+            for sentence in sentences[:1] if openings_only else sentences:
+                seen.setdefault(sentence, None)
     return [TaskText("ASR", s, s) for s in seen for _ in range(per_sentence)]
 
 

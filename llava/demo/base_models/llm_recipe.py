@@ -163,7 +163,7 @@ def _build_text_llm(corpus: Path, final: Path, budget: Budget, seed: int, stamp:
     if budget.scrambled:
         items = items + scrambled_items(items, rng, budget.scrambled)
     if budget.passage_sentences:
-        items = items + passage_sentence_items(items, budget.passage_sentences)
+        items = items + passage_sentence_items(items, budget.passage_sentences, budget.passage_openings_only)
     extra = [it for it in items for _ in range(budget.task_copies.get(it.task, 0))]
     conversations = training_conversations(
         items + extra,
@@ -265,7 +265,9 @@ def _build_spelled_llm(
     ]
     rehearsed = items + extra
     if budget.passage_sentences:
-        rehearsed = rehearsed + passage_sentence_items(items, budget.passage_sentences)
+        rehearsed = rehearsed + passage_sentence_items(
+            items, budget.passage_sentences, budget.passage_openings_only
+        )
     conversations = training_conversations(spelled_items, prompts, rng, copies=1) + training_conversations(
         rehearsed,
         prompts,

@@ -38,6 +38,7 @@ _TEXT_LLM_FIELDS = (
     "stretch_frac",
     "stretch_max",
     "passage_sentences",
+    "passage_openings_only",
     "max_dev",
     "topline_n",
     "eval_n",

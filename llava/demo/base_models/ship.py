@@ -7,7 +7,9 @@ DIR/build; write DIR/base_models.json (sha256 of every model file, the command, 
 
 - `--check` compares the rebuild's hashes with the shipped record (`llava/demo/assets/base_models.json`)
   and exits with status 1 listing the files that differ;
-- `--install` replaces the shipped models and record with the rebuild.
+- `--install` replaces the shipped models and record with the rebuild; with `--only llm` (or
+  `encoder`) it replaces that model alone and keeps the other as shipped (`install_part`): the way to
+  ship a changed recipe of one model without retraining the other, whose budget fields are unchanged.
 
 The same library versions (torch, transformers, tokenizers) on the same kind of CPU rebuild
 identical bytes; the record names the versions used.
@@ -32,6 +34,7 @@ from llava.demo.base_models.shipped import (
     MODEL_NAMES,
     MODELS_DIR,
     RECORD_PATH,
+    ShippedModelsError,
     compare_files,
     model_files,
     read_record,
@@ -155,6 +158,61 @@ def install(
     verify_models(models_dir, read_record(record_path))
 
 
+def install_part(
+    build_dir: str | os.PathLike,
+    part: str,
+    budget: str,
+    seed: int,
+    models_dir: str | os.PathLike = MODELS_DIR,
+    record_path: str | os.PathLike = RECORD_PATH,
+) -> dict:
+    """Replace one shipped model (`llm` or `encoder`) with `build_dir/part`; keep the other as shipped.
+
+    The other model must still match the record, and the record must name the same budget and seed
+    (its build command then rebuilds both: the kept model's budget fields are the ones it was built
+    with, or `parts.finished` would not have kept it in a full rebuild either). The record's files,
+    figures, versions and build time of `part` are updated; the new record is returned.
+    """
+    from llava.demo.base_models.build import part_summary
+    from llava.demo.base_models.parts import REPORT_NAME
+
+    if part not in MODEL_NAMES:
+        raise ValueError(f"unknown part {part!r}; known: {sorted(MODEL_NAMES)}")
+    models_dir, record_path, build_dir = Path(models_dir), Path(record_path), Path(build_dir)
+    record = read_record(record_path)
+    if (record.get("budget"), record.get("seed")) != (budget, seed):
+        raise ShippedModelsError(
+            f"{record_path}: the shipped models were built with budget {record.get('budget')!r} and seed "
+            f"{record.get('seed')}, not {budget!r} and {seed}: rebuild both models (without --only)"
+        )
+    (other,) = [name for name in MODEL_NAMES if name != part]
+    kept = {rel: sha for rel, sha in record["files"].items() if rel.startswith(f"{other}/")}
+    problems = compare_files(model_files(models_dir, (other,)), kept)
+    if problems:
+        raise ShippedModelsError(
+            f"{models_dir / other}: does not match {record_path}: " + "; ".join(problems)
+        )
+    report = json.loads((build_dir / part / REPORT_NAME).read_text())
+    fresh = model_files(build_dir, (part,))
+    record = {
+        **record,
+        "versions": _versions(),
+        "figures": {**record.get("figures", {}), **part_summary(part, report)},
+        "files": dict(sorted({**kept, **fresh}.items())),
+    }
+    times = dict(record.get("build_time_s", {}))
+    times[part] = round(report.get("build_wall_s", report.get("train_time_s")) or 0.0, 1)
+    times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)
+    record["build_time_s"] = times
+    target = models_dir / part
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(build_dir / part, target, ignore=shutil.ignore_patterns(*EXCLUDED_FILES))
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    verify_models(models_dir, read_record(record_path))
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     from llava.demo.base_models.build import BUDGETS
     from llava.demo.corpus import SIZES
@@ -208,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if record is None:
         print(f"built {args.only} in {Path(args.out) / 'build' / args.only}")
+        if args.install:
+            install_part(Path(args.out) / "build", args.only, args.budget, args.seed)
+            print(f"installed {args.only} into {MODELS_DIR / args.only}; the other shipped model kept")
         return 0
     print(json.dumps({k: record[k] for k in ("build_time_s", "figures")}, indent=2))
     status = 0

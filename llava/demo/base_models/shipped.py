@@ -45,11 +45,11 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def model_files(root: str | os.PathLike) -> dict[str, str]:
-    """`{"llm/config.json": sha256, ...}` for every file of `root/llm` and `root/encoder`."""
+def model_files(root: str | os.PathLike, names: tuple[str, ...] = MODEL_NAMES) -> dict[str, str]:
+    """`{"llm/config.json": sha256, ...}` for every file of `root/llm` and `root/encoder` (or `names`)."""
     root = Path(root)
     out: dict[str, str] = {}
-    for name in MODEL_NAMES:
+    for name in names:
         folder = root / name
         if not folder.is_dir():
             raise ShippedModelsError(f"{folder}: model directory not found")

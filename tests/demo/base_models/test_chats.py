@@ -210,3 +210,17 @@ def test_passage_sentence_items_repeat_each_distinct_passage_sentence():
     assert [it.content for it in out] == [s for s in sentences for _ in range(2)]
     assert all(it.task == "ASR" and it.target == it.content and it.question is None for it in out)
     assert chats.passage_sentence_items(items[2:]) == []  # no passage, no items
+
+
+def test_passage_sentence_items_openings_only_takes_each_passages_first_sentence():
+    items = [
+        chats.TaskText("SQA", "Karl works as a driver in Paris. Karl likes fish.", "Paris", "Where?"),
+        chats.TaskText("SQA", "Karl works as a driver in Paris. Karl keeps a hat.", "hat", "What?"),
+        chats.TaskText("SQA", "Eva is a nurse who lives in Rome. Eva likes tea.", "Rome", "Where?"),
+    ]
+    out = chats.passage_sentence_items(items, openings_only=True)
+    assert [it.content for it in out] == [
+        "Karl works as a driver in Paris.",
+        "Eva is a nurse who lives in Rome.",
+    ]
+    assert len(chats.passage_sentence_items(items)) == 5

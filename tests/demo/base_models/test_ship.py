@@ -90,6 +90,42 @@ def test_check_install_and_refusal(smoke, tmp_path, capsys):
         shipped_base_models(tmp_path / "copy2", models_dir=models, record_path=record_path)
 
 
+@needs_espeak
+def test_install_part_replaces_one_model_and_keeps_the_other(smoke, tmp_path):
+    import shutil
+
+    root = smoke[0]
+    record = json.loads((root / "a" / "base_models.json").read_text())
+    models, record_path = tmp_path / "assets" / "base_models", tmp_path / "assets" / "base_models.json"
+    ship.install(root / "a" / "build", record, models, record_path)
+    build = tmp_path / "build"  # a rebuilt LLM that differs from the shipped one in one file
+    shutil.copytree(root / "b" / "build" / "llm", build / "llm")
+    (build / "llm" / "generation_config.json").write_text('{"note": "another recipe"}')
+    report = json.loads((build / "llm" / "train_report.json").read_text())
+    with pytest.raises(ShippedModelsError, match="budget 'smoke' and seed 42, not 'ship' and 42"):
+        ship.install_part(build, "llm", "ship", 42, models, record_path)
+
+    new = ship.install_part(build, "llm", "smoke", 42, models, record_path)
+    assert new["files"]["llm/generation_config.json"] != record["files"]["llm/generation_config.json"]
+    changed = {k for k in record["files"] if new["files"][k] != record["files"][k]}
+    assert changed == {"llm/generation_config.json"} and new["files"].keys() == record["files"].keys()
+    assert new["figures"]["encoder_dev_cer"] == record["figures"]["encoder_dev_cer"]
+    assert new["figures"]["text_topline_test"] == report["text_topline_summary"]["test"]
+    assert new["build_time_s"]["encoder"] == record["build_time_s"]["encoder"]
+    assert new["build_time_s"]["total"] == pytest.approx(
+        sum(v for k, v in new["build_time_s"].items() if k != "total"), abs=0.2
+    )
+    assert json.loads(record_path.read_text()) == new
+    assert (
+        model_files(shipped_base_models(tmp_path / "copy", models_dir=models, record_path=record_path))
+        == new["files"]
+    )
+
+    (models / "encoder" / "vocab.json").write_text("{}")  # the kept model must still be the recorded one
+    with pytest.raises(ShippedModelsError, match="encoder/vocab.json: sha256"):
+        ship.install_part(build, "llm", "smoke", 42, models, record_path)
+
+
 def test_time_budgets_are_not_reproducible(tmp_path):
     with pytest.raises(ValueError, match="budget 'small' is counted in seconds"):
         ship.rebuild(tmp_path, budget="small")
