@@ -194,6 +194,12 @@ def install_part(
         )
     report = json.loads((build_dir / part / REPORT_NAME).read_text())
     fresh = model_files(build_dir, (part,))
+    # The kept model was built with the record's library versions; where they differ from today's, they
+    # stay on record as `versions_<model>` (a `transformers_version` string is part of its config bytes).
+    kept_versions = record.pop(f"versions_{other}", record.get("versions"))
+    record.pop(f"versions_{part}", None)
+    if kept_versions != _versions():
+        record[f"versions_{other}"] = kept_versions
     record = {
         **record,
         "versions": _versions(),

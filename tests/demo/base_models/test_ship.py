@@ -116,6 +116,7 @@ def test_install_part_replaces_one_model_and_keeps_the_other(smoke, tmp_path):
         sum(v for k, v in new["build_time_s"].items() if k != "total"), abs=0.2
     )
     assert json.loads(record_path.read_text()) == new
+    assert new["versions"] == record["versions"] and "versions_encoder" not in new  # same libraries here
     assert (
         model_files(shipped_base_models(tmp_path / "copy", models_dir=models, record_path=record_path))
         == new["files"]
