@@ -92,11 +92,10 @@ BUDGETS: dict[str, Budget] = {
     # chats 58.7 / 7.6 / 11.7; 3,000 steps of whole-example packing with SQA items tripled 0.1 / 82.4 /
     # 50.8, but it copies a slowed-down input literally ("the the cat cat"); stretched inputs (60 % of
     # the conversations, chats.stretched) teach it to read at the projector's rate, and copying switches
-    # on earlier (repeat WER 9 % at step 1,350; 63 % at step 1,200 without). A repeat item of each
-    # SQA passage's opening sentence stops a reply from running on into a passage when a transcript
-    # opens like one (test repeat WER 7.5 -> 0.1, spelled repeat WER 15.4 -> 9.0, SQA F1 85 -> 72);
-    # items of every passage sentence cost SQA more (F1 66) and quadrupled SQA items instead slow the
-    # spelled phase (spelled repeat WER 25): docs/demo/investigation.md.
+    # on earlier (repeat WER 9 % at step 1,350; 63 % at step 1,200 without). Repeat items of each SQA
+    # passage's opening sentence (`passage_sentences=1, passage_openings_only=True`) remove the one
+    # test reply that runs on (text topline 0.1 / 92.3 / 72.1) but the study's speech tasks come out
+    # worse through that LLM (asr: WER ~30-35, BLEU ~31 per seed): not shipped (docs/demo/investigation.md).
     "ship": Budget(
         vocab_size=2000,
         llm_args=dict(time_budget_s=None, max_steps=2700, lr=5e-3, block_size=256, batch_size=16,
@@ -109,8 +108,6 @@ BUDGETS: dict[str, Budget] = {
         task_copies={"SQA": 2},
         stretch_frac=0.6,
         stretch_max=3,
-        passage_sentences=1,
-        passage_openings_only=True,
         # Then 1,600 steps reading spelled inputs (chats.spelled), the form in which a projector can
         # pass on what the character-CTC encoder hears (projector probe, dev NLL of the transcripts
         # after 800 steps: 2.44 through the word-reading LLM, 1.34 through one taught to read letters).
