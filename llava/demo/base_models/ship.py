@@ -130,11 +130,18 @@ def rebuild(
     return record
 
 
+def _build_seconds(report: dict) -> float:
+    """Wall seconds one model's build took (all its phases; the training time for older reports)."""
+    return report.get("build_wall_s", report.get("train_time_s")) or 0.0
+
+
 def _times(manifest: dict, corpus_time: float, report: dict) -> dict:
     corpus_s = corpus_time if corpus_time > 1.0 else float(manifest.get("build_seconds", corpus_time))
-    llm = report["llm"].get("build_wall_s", report["llm"].get("train_time_s")) or 0.0
-    encoder = report["encoder"].get("build_wall_s", report["encoder"].get("train_time_s")) or 0.0
-    times = {"corpus": corpus_s, "llm": llm, "encoder": encoder}
+    times = {
+        "corpus": corpus_s,
+        "llm": _build_seconds(report["llm"]),
+        "encoder": _build_seconds(report["encoder"]),
+    }
     times["total"] = sum(times.values())
     return {k: round(v, 1) for k, v in times.items()}
 
@@ -144,11 +151,13 @@ def install(
     record: dict,
     models_dir: str | os.PathLike = MODELS_DIR,
     record_path: str | os.PathLike = RECORD_PATH,
+    names: tuple[str, ...] = MODEL_NAMES,
 ) -> None:
-    """Replace the shipped models and record with those of `build_dir` (the rebuild's DIR/build)."""
+    """Replace the shipped models (or those in `names`) and the record with those of `build_dir` (the
+    rebuild's DIR/build); the record must describe every shipped model afterwards."""
     models_dir, record_path = Path(models_dir), Path(record_path)
     models_dir.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_NAMES:
+    for name in names:
         if (models_dir / name).exists():
             shutil.rmtree(models_dir / name)
         shutil.copytree(
@@ -196,26 +205,22 @@ def install_part(
     fresh = model_files(build_dir, (part,))
     # The kept model was built with the record's library versions; where they differ from today's, they
     # stay on record as `versions_<model>` (a `transformers_version` string is part of its config bytes).
+    versions = _versions()
     kept_versions = record.pop(f"versions_{other}", record.get("versions"))
     record.pop(f"versions_{part}", None)
-    if kept_versions != _versions():
+    if kept_versions != versions:
         record[f"versions_{other}"] = kept_versions
     record = {
         **record,
-        "versions": _versions(),
+        "versions": versions,
         "figures": {**record.get("figures", {}), **part_summary(part, report)},
         "files": dict(sorted({**kept, **fresh}.items())),
     }
     times = dict(record.get("build_time_s", {}))
-    times[part] = round(report.get("build_wall_s", report.get("train_time_s")) or 0.0, 1)
+    times[part] = round(_build_seconds(report), 1)
     times["total"] = round(sum(v for k, v in times.items() if k != "total"), 1)
     record["build_time_s"] = times
-    target = models_dir / part
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(build_dir / part, target, ignore=shutil.ignore_patterns(*EXCLUDED_FILES))
-    record_path.write_text(json.dumps(record, indent=2) + "\n")
-    verify_models(models_dir, read_record(record_path))
+    install(build_dir, record, models_dir, record_path, names=(part,))
     return record
 
 
