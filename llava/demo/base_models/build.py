@@ -26,7 +26,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -137,12 +137,14 @@ def build_all(
     seed: int = 42,
     force: bool = False,
     parts: Sequence[str] = ("llm", "encoder"),
+    seeds: Mapping[str, int] | None = None,
 ) -> dict:
     """Build (or reuse) OUT/llm and OUT/encoder from the corpus; write and return OUT/report.json.
 
     `parts` builds only some of the two (separate processes can build them side by side; a last call
     with both reuses the finished ones and writes the report). The report is written only when both
-    are done.
+    are done. `seeds` overrides `seed` for one model (`{"llm": 44}`): the two models share no random
+    state, so each one's seed can be chosen on its own.
     """
     unknown = sorted(set(parts) - {"llm", "encoder"})
     if unknown:
@@ -155,19 +157,25 @@ def build_all(
             raise CorpusError(f"{path}: corpus file not found (build it with python -m llava.demo.corpus)")
     out.mkdir(parents=True, exist_ok=True)
     spec = BUDGETS[budget]
-    stamp = {"budget": budget, "seed": seed, "spec": asdict(spec)}
+    part_seeds = part_seed_map(seed, seeds)
+    stamps = {part: {"budget": budget, "seed": part_seeds[part], "spec": asdict(spec)} for part in part_seeds}
     if force:  # the LLM's earlier phases go with it
         llm_dirs = [name for _, name in llm_phases(spec)] if "llm" in parts else []
         for name in {*parts, *llm_dirs}:
             shutil.rmtree(out / name, ignore_errors=True)
     t0 = time.monotonic()
-    llm = build_llm(corpus, out, spec, seed, stamp) if "llm" in parts else {}
-    encoder = build_encoder(corpus, out, spec, seed, stamp) if "encoder" in parts else {}
+    llm = build_llm(corpus, out, spec, part_seeds["llm"], stamps["llm"]) if "llm" in parts else {}
+    encoder = (
+        build_encoder(corpus, out, spec, part_seeds["encoder"], stamps["encoder"])
+        if "encoder" in parts
+        else {}
+    )
     if len(set(parts)) < 2:
         return {"llm": llm, "encoder": encoder}
     report = {
         "budget": budget,
         "seed": seed,
+        "seeds": part_seeds,
         "corpus": str(corpus.resolve()),
         "llm_dir": "llm",  # relative to the report, so the output directory can be moved
         "encoder_dir": "encoder",
@@ -181,6 +189,14 @@ def build_all(
     }
     write_json(out / "report.json", report)
     return report
+
+
+def part_seed_map(seed: int, seeds: Mapping[str, int] | None = None) -> dict[str, int]:
+    """Each model's training seed: `seed`, or its entry in `seeds`; an unknown model name is an error."""
+    unknown = sorted(set(seeds or {}) - {"llm", "encoder"})
+    if unknown:
+        raise ValueError(f"seeds for unknown model(s) {unknown}; known: ['encoder', 'llm']")
+    return {"llm": seed, "encoder": seed, **(seeds or {})}
 
 
 def part_summary(part: str, report: dict) -> dict:

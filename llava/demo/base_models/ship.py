@@ -10,6 +10,8 @@ DIR/build; write DIR/base_models.json (sha256 of every model file, the command, 
 - `--install` replaces the shipped models and record with the rebuild; with `--only llm` (or
   `encoder`) it replaces that model alone and keeps the other as shipped (`install_part`): the way to
   ship a changed recipe of one model without retraining the other, whose budget fields are unchanged.
+- `--llm-seed` / `--encoder-seed` give one model a seed other than `--seed` (the models share no random
+  state); the record keeps each model's seed and a command that rebuilds both.
 
 The same library versions (torch, transformers, tokenizers) on the same kind of CPU rebuild
 identical bytes; the record names the versions used.
@@ -23,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -73,6 +76,20 @@ def _versions() -> dict[str, str]:
     }
 
 
+def ship_command(budget: str, seeds: dict[str, int], corpus_flags: str = "") -> str:
+    """The command that rebuilds models of `budget` with each model's seed (`{"llm": .., "encoder": ..}`)."""
+    if seeds["llm"] == seeds["encoder"]:
+        flags = f"--seed {seeds['llm']}"
+    else:
+        flags = f"--llm-seed {seeds['llm']} --encoder-seed {seeds['encoder']}"
+    return f"python -m llava.demo.base_models.ship --out DIR --budget {budget} {flags}{corpus_flags}"
+
+
+def record_seeds(record: dict) -> dict[str, int]:
+    """Each shipped model's seed (records written before per-model seeds name one `seed` for both)."""
+    return dict(record.get("seeds") or {name: record.get("seed") for name in MODEL_NAMES})
+
+
 def rebuild(
     out: str | os.PathLike,
     budget: str = "ship",
@@ -83,14 +100,15 @@ def rebuild(
     command: str | None = None,
     parts: tuple[str, ...] = ("llm", "encoder"),
     force: bool = True,
+    seeds: dict[str, int] | None = None,
 ) -> dict | None:
     """Build corpus (if not given) and base models into `out`; write and return `out/base_models.json`.
 
     With `force=False`, models already finished in `out/build` with the same budget and seed are kept
     (so two processes can build `parts=("llm",)` and `("encoder",)` side by side, then a last call
-    collects them). Returns None when only one part was built.
+    collects them). `seeds` overrides `seed` for one model. Returns None when only one part was built.
     """
-    from llava.demo.base_models.build import BUDGETS, build_all
+    from llava.demo.base_models.build import BUDGETS, build_all, part_seed_map
     from llava.demo.corpus import build_corpus
 
     if budget not in BUDGETS:
@@ -109,15 +127,17 @@ def rebuild(
         corpus = Path(corpus)
         manifest = json.loads((corpus / "manifest.json").read_text())
     corpus_time = time.monotonic() - t0
+    part_seeds = part_seed_map(seed, seeds)
     with deterministic_torch():
-        report = build_all(corpus, out / "build", budget=budget, seed=seed, force=force, parts=parts)
+        report = build_all(
+            corpus, out / "build", budget=budget, seed=seed, force=force, parts=parts, seeds=part_seeds
+        )
     if len(set(parts)) < 2:
         return None
     record = {
-        "command": command
-        or f"python -m llava.demo.base_models.ship --out DIR --budget {budget} --seed {seed}",
+        "command": command or ship_command(budget, part_seeds),
         "budget": budget,
-        "seed": seed,
+        "seeds": part_seeds,
         "corpus": {k: manifest.get(k) for k in ("format", "size", "seed")},
         "versions": _versions(),
         # Wall seconds of each step when built one after the other on one thread (a reused corpus
@@ -175,12 +195,14 @@ def install_part(
     models_dir: str | os.PathLike = MODELS_DIR,
     record_path: str | os.PathLike = RECORD_PATH,
 ) -> dict:
-    """Replace one shipped model (`llm` or `encoder`) with `build_dir/part`; keep the other as shipped.
+    """Replace one shipped model (`llm` or `encoder`) with `build_dir/part`, built with `seed`; keep the
+    other as shipped.
 
-    The other model must still match the record, and the record must name the same budget and seed
-    (its build command then rebuilds both: the kept model's budget fields are the ones it was built
-    with, or `parts.finished` would not have kept it in a full rebuild either). The record's files,
-    figures, versions and build time of `part` are updated; the new record is returned.
+    The other model must still match the record, and the record must name the same budget (its build
+    command then rebuilds both: the kept model's budget fields are the ones it was built with, or
+    `parts.finished` would not have kept it in a full rebuild either). The record's files, figures,
+    versions, build time and seed of `part` are updated, and its command names both seeds; the new
+    record is returned.
     """
     from llava.demo.base_models.build import part_summary
     from llava.demo.base_models.parts import REPORT_NAME
@@ -189,10 +211,10 @@ def install_part(
         raise ValueError(f"unknown part {part!r}; known: {sorted(MODEL_NAMES)}")
     models_dir, record_path, build_dir = Path(models_dir), Path(record_path), Path(build_dir)
     record = read_record(record_path)
-    if (record.get("budget"), record.get("seed")) != (budget, seed):
+    if record.get("budget") != budget:
         raise ShippedModelsError(
-            f"{record_path}: the shipped models were built with budget {record.get('budget')!r} and seed "
-            f"{record.get('seed')}, not {budget!r} and {seed}: rebuild both models (without --only)"
+            f"{record_path}: the shipped models were built with budget {record.get('budget')!r}, not "
+            f"{budget!r}: rebuild both models (without --only)"
         )
     (other,) = [name for name in MODEL_NAMES if name != part]
     kept = {rel: sha for rel, sha in record["files"].items() if rel.startswith(f"{other}/")}
@@ -210,8 +232,14 @@ def install_part(
     record.pop(f"versions_{part}", None)
     if kept_versions != versions:
         record[f"versions_{other}"] = kept_versions
+    seeds = {**record_seeds(record), part: seed}
+    record.pop("seed", None)
+    # Keep the record's corpus flags; the seed flags are rewritten for the two models' seeds.
+    corpus_flags = "".join(re.findall(r" --corpus-\S+ \S+", record.get("command", "")))
     record = {
         **record,
+        "command": ship_command(budget, seeds, corpus_flags),
+        "seeds": seeds,
         "versions": versions,
         "figures": {**record.get("figures", {}), **part_summary(part, report)},
         "files": dict(sorted({**kept, **fresh}.items())),
@@ -240,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         help="step-counted budget (default: ship, the shipped models; smoke: a quick check)",
     )
     parser.add_argument("--seed", type=int, default=42, help="training seed (default: 42)")
+    parser.add_argument("--llm-seed", type=int, default=None, help="the LLM's seed (default: --seed)")
+    parser.add_argument("--encoder-seed", type=int, default=None, help="the encoder's seed (default: --seed)")
     parser.add_argument("--corpus", default=None, help="an existing corpus directory (default: build one)")
     parser.add_argument("--corpus-size", default="small", choices=sorted(SIZES), help="(default: small)")
     parser.add_argument("--corpus-seed", type=int, default=0, help="(default: 0, the study's corpus)")
@@ -260,10 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    seeds = {"llm": args.seed if args.llm_seed is None else args.llm_seed}
+    seeds["encoder"] = args.seed if args.encoder_seed is None else args.encoder_seed
     # The command that rebuilds these models anywhere: the work directory is the user's choice.
-    command = f"python -m llava.demo.base_models.ship --out DIR --budget {args.budget} --seed {args.seed}"
+    corpus_flags = ""
     if args.corpus is None and (args.corpus_size, args.corpus_seed) != ("small", 0):
-        command += f" --corpus-size {args.corpus_size} --corpus-seed {args.corpus_seed}"
+        corpus_flags = f" --corpus-size {args.corpus_size} --corpus-seed {args.corpus_seed}"
+    command = ship_command(args.budget, seeds, corpus_flags)
     record = rebuild(
         args.out,
         budget=args.budget,
@@ -274,11 +307,12 @@ def main(argv: list[str] | None = None) -> int:
         command=command,
         parts=(args.only,) if args.only else ("llm", "encoder"),
         force=not (args.keep or args.only),
+        seeds=seeds,
     )
     if record is None:
         print(f"built {args.only} in {Path(args.out) / 'build' / args.only}")
         if args.install:
-            install_part(Path(args.out) / "build", args.only, args.budget, args.seed)
+            install_part(Path(args.out) / "build", args.only, args.budget, seeds[args.only])
             print(f"installed {args.only} into {MODELS_DIR / args.only}; the other shipped model kept")
         return 0
     print(json.dumps({k: record[k] for k in ("build_time_s", "figures")}, indent=2))

@@ -157,7 +157,7 @@ def _write_report(dest: Path, record: dict) -> None:
         "summary": record.get("figures", {}),
         **{
             k: record[k]
-            for k in ("command", "budget", "seed", "corpus", "versions", "build_time_s")
+            for k in ("command", "budget", "seed", "seeds", "corpus", "versions", "build_time_s")
             if k in record
         },
     }

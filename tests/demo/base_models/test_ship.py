@@ -41,6 +41,8 @@ def test_rebuild_is_bit_identical(smoke):
     assert not any(rel.endswith("train_report.json") for rel in a["files"])  # wall times differ per run
     assert a["budget"] == "smoke" and a["corpus"]["size"] == "tiny"
     assert a["command"].startswith("python -m llava.demo.base_models.ship --out")
+    assert a["command"].endswith("--budget smoke --seed 42 --corpus-size tiny --corpus-seed 0")
+    assert a["seeds"] == {"llm": 42, "encoder": 42} and "seed" not in a
     assert set(a["figures"]["text_topline_test"]) == {"repeat_wer", "st_bleu", "sqa_f1"}
     assert 0.0 <= a["figures"]["encoder_dev_cer"]
 
@@ -102,10 +104,16 @@ def test_install_part_replaces_one_model_and_keeps_the_other(smoke, tmp_path):
     shutil.copytree(root / "b" / "build" / "llm", build / "llm")
     (build / "llm" / "generation_config.json").write_text('{"note": "another recipe"}')
     report = json.loads((build / "llm" / "train_report.json").read_text())
-    with pytest.raises(ShippedModelsError, match="budget 'smoke' and seed 42, not 'ship' and 42"):
+    with pytest.raises(ShippedModelsError, match="budget 'smoke', not 'ship'"):
         ship.install_part(build, "llm", "ship", 42, models, record_path)
 
-    new = ship.install_part(build, "llm", "smoke", 42, models, record_path)
+    new = ship.install_part(build, "llm", "smoke", 43, models, record_path)
+    # Each model keeps its own seed, and the command rebuilds both with them (corpus flags kept).
+    assert new["seeds"] == {"llm": 43, "encoder": 42}
+    assert new["command"] == (
+        "python -m llava.demo.base_models.ship --out DIR --budget smoke --llm-seed 43 --encoder-seed 42"
+        " --corpus-size tiny --corpus-seed 0"
+    )
     assert new["files"]["llm/generation_config.json"] != record["files"]["llm/generation_config.json"]
     changed = {k for k in record["files"] if new["files"][k] != record["files"][k]}
     assert changed == {"llm/generation_config.json"} and new["files"].keys() == record["files"].keys()
@@ -125,6 +133,21 @@ def test_install_part_replaces_one_model_and_keeps_the_other(smoke, tmp_path):
     (models / "encoder" / "vocab.json").write_text("{}")  # the kept model must still be the recorded one
     with pytest.raises(ShippedModelsError, match="encoder/vocab.json: sha256"):
         ship.install_part(build, "llm", "smoke", 42, models, record_path)
+
+
+def test_each_model_has_its_own_seed():
+    from llava.demo.base_models.build import part_seed_map
+
+    assert part_seed_map(42) == {"llm": 42, "encoder": 42}
+    assert part_seed_map(42, {"llm": 44}) == {"llm": 44, "encoder": 42}
+    with pytest.raises(ValueError, match=r"unknown model\(s\) \['projector'\]"):
+        part_seed_map(42, {"projector": 1})
+    # Records written before per-model seeds name one seed for both models.
+    assert ship.record_seeds({"seed": 42}) == {"llm": 42, "encoder": 42}
+    assert ship.record_seeds({"seeds": {"llm": 44, "encoder": 42}}) == {"llm": 44, "encoder": 42}
+    assert ship.ship_command("ship", {"llm": 44, "encoder": 42}).endswith(
+        "--budget ship --llm-seed 44 --encoder-seed 42"
+    )
 
 
 def test_time_budgets_are_not_reproducible(tmp_path):
