@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
 import sys
 import time
@@ -76,13 +75,18 @@ def _versions() -> dict[str, str]:
     }
 
 
-def ship_command(budget: str, seeds: dict[str, int], corpus_flags: str = "") -> str:
-    """The command that rebuilds models of `budget` with each model's seed (`{"llm": .., "encoder": ..}`)."""
+def ship_command(budget: str, seeds: dict[str, int], corpus: dict | None = None) -> str:
+    """The command that rebuilds models of `budget` with each model's seed (`{"llm": .., "encoder": ..}`)
+    from the corpus described by `corpus` (the record's `size` and `seed`; the study's when omitted).
+    The work directory is the user's choice."""
     if seeds["llm"] == seeds["encoder"]:
-        flags = f"--seed {seeds['llm']}"
+        flags = f" --seed {seeds['llm']}"
     else:
-        flags = f"--llm-seed {seeds['llm']} --encoder-seed {seeds['encoder']}"
-    return f"python -m llava.demo.base_models.ship --out DIR --budget {budget} {flags}{corpus_flags}"
+        flags = f" --llm-seed {seeds['llm']} --encoder-seed {seeds['encoder']}"
+    size, corpus_seed = (corpus or {}).get("size", "small"), (corpus or {}).get("seed", 0)
+    if (size, corpus_seed) != ("small", 0):
+        flags += f" --corpus-size {size} --corpus-seed {corpus_seed}"
+    return f"python -m llava.demo.base_models.ship --out DIR --budget {budget}{flags}"
 
 
 def record_seeds(record: dict) -> dict[str, int]:
@@ -97,7 +101,6 @@ def rebuild(
     corpus: str | os.PathLike | None = None,
     corpus_size: str = "small",
     corpus_seed: int = 0,
-    command: str | None = None,
     parts: tuple[str, ...] = ("llm", "encoder"),
     force: bool = True,
     seeds: dict[str, int] | None = None,
@@ -134,11 +137,12 @@ def rebuild(
         )
     if len(set(parts)) < 2:
         return None
+    corpus_info = {k: manifest.get(k) for k in ("format", "size", "seed")}
     record = {
-        "command": command or ship_command(budget, part_seeds),
+        "command": ship_command(budget, part_seeds, corpus_info),
         "budget": budget,
         "seeds": part_seeds,
-        "corpus": {k: manifest.get(k) for k in ("format", "size", "seed")},
+        "corpus": corpus_info,
         "versions": _versions(),
         # Wall seconds of each step when built one after the other on one thread (a reused corpus
         # counts with its own recorded build time).
@@ -234,11 +238,9 @@ def install_part(
         record[f"versions_{other}"] = kept_versions
     seeds = {**record_seeds(record), part: seed}
     record.pop("seed", None)
-    # Keep the record's corpus flags; the seed flags are rewritten for the two models' seeds.
-    corpus_flags = "".join(re.findall(r" --corpus-\S+ \S+", record.get("command", "")))
     record = {
         **record,
-        "command": ship_command(budget, seeds, corpus_flags),
+        "command": ship_command(budget, seeds, record.get("corpus")),
         "seeds": seeds,
         "versions": versions,
         "figures": {**record.get("figures", {}), **part_summary(part, report)},
@@ -292,11 +294,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     seeds = {"llm": args.seed if args.llm_seed is None else args.llm_seed}
     seeds["encoder"] = args.seed if args.encoder_seed is None else args.encoder_seed
-    # The command that rebuilds these models anywhere: the work directory is the user's choice.
-    corpus_flags = ""
-    if args.corpus is None and (args.corpus_size, args.corpus_seed) != ("small", 0):
-        corpus_flags = f" --corpus-size {args.corpus_size} --corpus-seed {args.corpus_seed}"
-    command = ship_command(args.budget, seeds, corpus_flags)
     record = rebuild(
         args.out,
         budget=args.budget,
@@ -304,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
         corpus=args.corpus,
         corpus_size=args.corpus_size,
         corpus_seed=args.corpus_seed,
-        command=command,
         parts=(args.only,) if args.only else ("llm", "encoder"),
         force=not (args.keep or args.only),
         seeds=seeds,
